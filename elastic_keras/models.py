@@ -156,7 +156,7 @@ def build_model(backbone, classes, input_size=224, dropout=DEFAULT_DROPOUT, alph
         input_tensor = Preprocess(input_size, preprocess, name="preprocess")(inputs)
     try:
         base = spec.build_backbone(input_size, weights, alpha, input_tensor)
-    except ValueError as e:  # Keras' own checks (alpha values, weight file mismatches)
+    except (ValueError, OSError) as e:  # Keras' checks (alpha values), bad weight files
         raise ElasticKerasError(f"cannot build {backbone} backbone: {e}") from None
     exits = () if plain else spec.exits
     name = f"{'plain' if plain else 'elastic'}_{spec.name}"
