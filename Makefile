@@ -4,7 +4,10 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-PROFILE ?= paper
+# PROFILE: paper (default), smoke or demo. DATA: replace the datasets (synthetic, digits).
+# DATA_DIR: local copy of the official CIFAR files. WEIGHTS: imagenet (default for paper),
+# none, or a folder of Keras' *_notop.h5 files. RUNS: a subset, e.g. RUNS=mobilenet,vgg16.
+PROFILE ?=
 DATA    ?=
 DATA_DIR ?=
 WEIGHTS ?=
@@ -12,8 +15,41 @@ RUNS    ?=
 
 export TF_CPP_MIN_LOG_LEVEL ?= 3
 
-.PHONY: install test test-all demo describe reproduce-table1 reproduce-table2 figure3 budget \
+.PHONY: install test test-all demo reproduce-table1 reproduce-table2 figure3 budget \
         reproduce-bai-table2 bench clean
+
+REPRO_ARGS = --profile $(or $(PROFILE),paper) $(if $(DATA),--data $(DATA)) \
+             $(if $(DATA_DIR),--data-dir $(DATA_DIR)) $(if $(WEIGHTS),--weights $(WEIGHTS)) \
+             $(if $(RUNS),--runs $(RUNS))
+
+# The offline demo: a reduced Table I on scikit-learn's digits (elastic against plain),
+# tables, loss curves and an accuracy-vs-MACs curve under results/demo/.
+DEMO_RUN := runs/demo/digits/cifar10-mobilenet-elastic
+demo: $(STAMP)
+	$(PY) -m elastic_keras reproduce table1 --profile demo --data digits \
+	    --runs mobilenet,densenet121 --out results/demo
+	$(PY) scripts/plot_run.py $(DEMO_RUN) --out results/demo/loss_curves.png
+	$(PY) -m elastic_keras budget $(DEMO_RUN) --out results/demo
+	@echo "demo results: results/demo/ (demo profile on digits: NOT a reproduction)"
+
+# The paper's tables: trains every unfinished run (resuming partial ones), then writes
+# results/table1.{csv,md} / table2.{csv,md}. Interrupt and rerun at will.
+reproduce-table1: $(STAMP)
+	$(PY) -m elastic_keras reproduce table1 $(REPRO_ARGS)
+
+reproduce-table2: $(STAMP)
+	$(PY) -m elastic_keras reproduce table2 $(REPRO_ARGS)
+
+# Figure 3 from the CIFAR-10 DenseNet-121 runs' histories (profile/data of the last
+# reproduce unless PROFILE/DATA are given).
+figure3: $(STAMP)
+	$(PY) scripts/figure3.py $(if $(PROFILE),--profile $(PROFILE)) $(if $(DATA),--dataset-tag $(DATA))
+
+# Benchmarks print ratios measured in one run (targets in their last lines).
+bench: $(STAMP)
+	$(PY) scripts/bench_exit_overhead.py
+	$(PY) scripts/bench_memory.py
+	$(PY) scripts/bench_exit_latency.py
 
 install: $(STAMP)
 
@@ -31,3 +67,12 @@ test-all: $(STAMP)
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache
+
+# Elastic inference (issue "pay only for the exit you use"): accuracy vs MACs of exit
+# cascades for every finished run under runs/$(PROFILE); thresholds chosen on validation.
+budget: $(STAMP)
+	$(PY) scripts/budget_all.py runs/$(or $(PROFILE),paper)
+
+# Bai et al. Table II (MACs at the first weighted and the last exit), beside the paper's.
+reproduce-bai-table2: $(STAMP)
+	$(PY) scripts/bai_table2.py

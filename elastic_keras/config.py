@@ -20,6 +20,7 @@ PROTOCOL = {
         "alpha": None,  # MobileNet width multiplier; None: the registry's (1.0)
         "weights": "imagenet",  # "imagenet", null, or a path to a local *_notop.h5
         "preprocess": "paper",  # "paper": [0, 1]; "authors": inception [-1, 1]
+        "bn_momentum": None,  # None: the Keras applications' own (0.99); demo only
     },
     "data": {
         "dataset": "cifar10",
@@ -61,9 +62,9 @@ PROFILES = {
     # weights offline), so it needs a larger learning rate than the paper's fine-tuning.
     "demo": {
         "model.input_size": "min", "model.weights": None, "data.dataset": "digits",
-        "train.batch_size": 32,
-        "phases.heads.epochs": 2, "phases.heads.lr": 0.01,
-        "phases.full.epochs": 12, "phases.full.lr": 0.01, "phases.full.patience": 3,
+        "train.batch_size": 32, "model.bn_momentum": 0.9,
+        "phases.heads.epochs": 1, "phases.heads.lr": 0.01,
+        "phases.full.epochs": 8, "phases.full.lr": 0.01, "phases.full.patience": 3,
     },
 }
 
@@ -162,6 +163,9 @@ def validate(cfg):
         m["input_size"] = spec.min_input_size
     if not isinstance(m["input_size"], int) or m["input_size"] < spec.min_input_size:
         bad("model.input_size", f"must be an integer >= {spec.min_input_size} or 'min'")
+    if m["bn_momentum"] is not None and (not isinstance(m["bn_momentum"], float)
+                                         or not 0 < m["bn_momentum"] < 1):
+        bad("model.bn_momentum", "must be null or a number in (0, 1)")
     if not isinstance(m["plain"], bool):
         bad("model.plain", "must be true or false")
     if not isinstance(m["dropout"], (int, float)) or not 0 <= m["dropout"] < 1:

@@ -128,8 +128,9 @@ def build_model(backbone, classes, input_size=224, dropout=DEFAULT_DROPOUT, alph
                 weights="imagenet", plain=False, source_shape=None, preprocess="paper"):
     """Build the elastic model (paper section III) or the plain baseline of `backbone`.
 
-    weights: "imagenet", None, or a path to a local weights file of the backbone without
-    its top (for example Keras' official `*_notop.h5`). plain=True gives the backbone
+    weights: "imagenet", None, a path to a local weights file of the backbone without its
+    top (Keras' official `*_notop.h5`), or a folder holding that file under its official
+    name (e.g. ~/.keras/models). plain=True gives the backbone
     with the final exit alone ("w/o Elastic Structure").
     source_shape: when given (e.g. (32, 32, 3) for CIFAR), the model takes native-size
     uint8-valued images of that shape and its first layer resizes them to `input_size`
@@ -143,7 +144,9 @@ def build_model(backbone, classes, input_size=224, dropout=DEFAULT_DROPOUT, alph
     if alpha is not None and spec.alpha is None:
         raise ElasticKerasError(f"alpha applies to MobileNet only, not to {backbone}")
     if weights not in ("imagenet", None):
-        weights = os.fspath(weights)
+        weights = os.path.expanduser(os.fspath(weights))
+        if os.path.isdir(weights):
+            weights = os.path.join(weights, spec.weights_file(alpha, input_size))
         if not os.path.isfile(weights):
             raise ElasticKerasError(f"weights file not found: {weights}")
     input_tensor = None

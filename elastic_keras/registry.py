@@ -25,6 +25,17 @@ class BackboneSpec:
     note: str = ""
     extra: dict = field(default_factory=dict)
 
+    def weights_file(self, alpha=None, input_size=224):
+        """File name of Keras' official ImageNet weights without the top for this backbone
+        (as cached in ~/.keras/models/), so a folder of them can serve as `weights`."""
+        if self.constructor == "MobileNet":
+            a = self.alpha if alpha is None else alpha
+            rows = input_size if input_size in (128, 160, 192, 224) else 224
+            return f"mobilenet_{ {1.0: '1_0', 0.75: '7_5', 0.5: '5_0', 0.25: '2_5'}.get(a, a)}_{rows}_tf_no_top.h5"
+        stem = {"DenseNet121": "densenet121", "DenseNet169": "densenet169",
+                "InceptionV3": "inception_v3", "VGG16": "vgg16", "ResNet50": "resnet50"}
+        return f"{stem[self.constructor]}_weights_tf_dim_ordering_tf_kernels_notop.h5"
+
     @property
     def num_outputs(self):
         return len(self.exits) + 1

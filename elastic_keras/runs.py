@@ -53,15 +53,22 @@ class Run:
 
     def build_model(self, weights=None):
         """The run's network (native-size input, in-graph preprocessing), untrained."""
+        import keras
+
         from .models import build_model
 
         cfg = self.config
         m = cfg["model"]
-        return build_model(m["backbone"], cfg["resolved"]["num_classes"],
-                           input_size=m["input_size"], dropout=m["dropout"], alpha=m["alpha"],
-                           weights=weights, plain=m["plain"],
-                           source_shape=tuple(cfg["resolved"]["image_shape"]),
-                           preprocess=m["preprocess"])
+        net = build_model(m["backbone"], cfg["resolved"]["num_classes"],
+                          input_size=m["input_size"], dropout=m["dropout"], alpha=m["alpha"],
+                          weights=weights, plain=m["plain"],
+                          source_shape=tuple(cfg["resolved"]["image_shape"]),
+                          preprocess=m["preprocess"])
+        if m.get("bn_momentum") is not None:  # demo profile only (FIDELITY.md T8)
+            for layer in net.layers:
+                if isinstance(layer, keras.layers.BatchNormalization):
+                    layer.momentum = m["bn_momentum"]
+        return net
 
     def best_checkpoint(self):
         """The checkpoint with the lowest validation loss over the whole run."""

@@ -60,7 +60,7 @@ class ExitTrainer(keras.Model):
     def call(self, x, training=False):
         return self.net(x, training=training)
 
-    def _losses(self, probs, y):
+    def _exit_losses(self, probs, y):
         # probs: list of (B, C) per exit -> (K, B, C); per-exit CE and accuracy, (K,) each.
         p = tf.stack(probs, axis=0)
         y = tf.cast(y, "int32")
@@ -81,7 +81,7 @@ class ExitTrainer(keras.Model):
         with tf.GradientTape() as tape:
             probs = self.net(x, training=True)
             probs = probs if isinstance(probs, (list, tuple)) else [probs]
-            total, per_exit, acc = self._losses(probs, y)
+            total, per_exit, acc = self._exit_losses(probs, y)
         variables = self.trainable_variables
         self.optimizer.apply(tape.gradient(total, variables), variables)
         return self._record(total, per_exit, acc, y)
@@ -90,4 +90,25 @@ class ExitTrainer(keras.Model):
         x, y = data
         probs = self.net(x, training=False)
         probs = probs if isinstance(probs, (list, tuple)) else [probs]
-        return self._record(*self._losses(probs, y), y)
+        return self._record(*self._exit_losses(probs, y), y)
+
+
+class CompactProgbar(keras.callbacks.ProgbarLogger):
+    """Keras' progress bar showing the total loss and the final exit's metrics only.
+
+    Every exit's numbers still reach History and history.csv; a line with 17 exits'
+    losses and accuracies would be unreadable.
+    """
+
+    SHOWN = ("loss", "final_loss", "final_accuracy")
+
+    def _update_progbar(self, batch, logs=None):
+        super()._update_progbar(batch, self._compact(logs))
+
+    def _finalize_progbar(self, logs):
+        super()._finalize_progbar(self._compact(logs))
+
+    def _compact(self, logs):
+        if not logs:
+            return logs
+        return {k: v for k, v in logs.items() if k.removeprefix("val_") in self.SHOWN}

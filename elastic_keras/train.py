@@ -20,6 +20,17 @@ def _set_trainable(net, trainable):
         layer.trainable = trainable == "all" or is_head
 
 
+def _reseed(net, seed, epoch):
+    """Set every RNG (Dropout) of `net` from (seed, epoch): a resumed run then draws the
+    same dropout masks as an uninterrupted one (RNG states are not in weight files)."""
+    import numpy as np
+
+    for i, layer in enumerate(net.layers):
+        for gen in getattr(layer, "_seed_generators", ()):
+            gen.state.assign(np.array([seed * 7919 + epoch * 104729 + i, 0],
+                                      dtype=gen.state.dtype))
+
+
 def _save_checkpoint(run, trainer, tag, with_optimizer):
     """Write weights (and optimizer state) under ckpt/, atomically; return the file names."""
     import numpy as np
@@ -106,7 +117,7 @@ def train(cfg, runs_root="runs", run_dir=None, verbose="auto", log=print):
     from .evaluate import evaluate
     from .losses import loss_weights
     from .models import exit_info
-    from .step import ExitTrainer
+    from .step import CompactProgbar, ExitTrainer
 
     run = Run(run_dir or run_dir_for(cfg, runs_root))
     _check_config(run, cfg)
@@ -163,11 +174,13 @@ def train(cfg, runs_root="runs", run_dir=None, verbose="auto", log=print):
             log(f"[{cfg['name']}] phase '{name}' epoch {state['phase_epoch'] + 1}/"
                 f"{phase['epochs']} (run epoch {epoch}/{total_epochs}), lr {state['lr']:.3g}")
             trainer.optimizer.learning_rate = state["lr"]
+            _reseed(net, t["seed"], epoch)
             start = time.time()
             hist = trainer.fit(
                 batches(data.x_train, data.y_train, t["batch_size"], shuffle=True,
                         seed=t["seed"], epoch=epoch),
-                validation_data=val_ds, epochs=1, verbose=verbose)
+                validation_data=val_ds, epochs=1, shuffle=False, verbose=verbose,
+                callbacks=[CompactProgbar()] if verbose else [])
             logs = {k: float(v[-1]) for k, v in hist.history.items()}
             if not all(math.isfinite(v) for v in logs.values()):
                 raise ElasticKerasError(
