@@ -20,7 +20,7 @@ PROTOCOL = {
         "alpha": None,  # MobileNet width multiplier; None: the registry's (1.0)
         "weights": "imagenet",  # "imagenet", null, or a path to a local *_notop.h5
         "preprocess": "paper",  # "paper": [0, 1]; "authors": inception [-1, 1]
-        "bn_momentum": None,  # None: the Keras applications' own (0.99); demo only
+        "bn_momentum": None,  # None: the Keras applications' own (0.99); demo only (T8)
     },
     "data": {
         "dataset": "cifar10",

@@ -39,7 +39,8 @@ def node_macs(node, convention="full"):
 
     Conv2D, DepthwiseConv2D, SeparableConv2D and Dense are counted; everything else
     (BatchNorm, pooling, additions, activations) costs 0 MACs. Under the "bai" convention
-    depthwise convolutions are left out, as Bai et al.'s counter left them out.
+    depthwise convolutions are left out, as Bai et al.'s counter left them out
+    (FIDELITY.md M6, M7).
     """
     Conv2D, Depthwise, Separable, Dense = _layer_types()
     op = node.operation

@@ -1,4 +1,7 @@
-"""Per-exit test evaluation: the test set is read once, at the best-by-validation checkpoint."""
+"""Per-exit test evaluation: the test set is read once, at the best-by-validation checkpoint.
+
+The checkpoint is the one with the lowest validation loss over the run (FIDELITY.md T4).
+"""
 
 from . import io
 from .runs import RESULTS

@@ -16,6 +16,7 @@ def loss_weights(scheme, num_outputs, depths=None, nu=2.0):
     - "auxnet": AuxNet: final 1, exit k max(0.01, (L_k / L_K) ** nu), L_k the number of
       convolution layers up to exit k (`depths`).
     - a list/tuple of numbers: used as given; length and signs are checked.
+    (FIDELITY.md L3.)
     """
     if num_outputs < 1:
         raise ElasticKerasError(f"num_outputs must be >= 1, got {num_outputs}")

@@ -32,7 +32,8 @@ def exit_name(index):
 
 
 def _head(x, classes, dropout, name, flatten, pool=False):
-    """An exit: [GAP ->] (GAP or Flatten) -> Dropout -> Dense(C, softmax) (PAPER.md 2)."""
+    """An exit: [GAP ->] (GAP or Flatten) -> Dropout -> Dense(C, softmax) (PAPER.md 2;
+    the pooled ResNet-50 final head: FIDELITY.md M3)."""
     import keras
 
     L = keras.layers

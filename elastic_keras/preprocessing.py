@@ -16,7 +16,7 @@ class Preprocess(keras.layers.Layer):
     """Resize a batch to `size` x `size` (bilinear) and scale it, inside the model graph.
 
     Images stay uint8 at native size in host memory; this layer runs per batch on the
-    device, so the 224-px dataset is never materialised (FIDELITY.md D3).
+    device, so the 224-px dataset is never materialised (FIDELITY.md P1, P2, D3).
     """
 
     def __init__(self, size, mode="paper", **kwargs):

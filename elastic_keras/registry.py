@@ -66,7 +66,8 @@ def _spec(**kw):
 
 
 # The one mapping from name to spec. Exit layer names are Keras 3 names of the layers
-# playing the roles in PAPER.md section 3 (auto-generated names are never used).
+# playing the roles in PAPER.md section 3 (auto-generated names are never used;
+# FIDELITY.md M1, M4; the authors' variants: M8).
 REGISTRY = {
     s.name: s
     for s in (

@@ -10,7 +10,8 @@ class ExitMetrics(keras.metrics.Metric):
     """Epoch means of the total loss and of every exit's loss and accuracy.
 
     One metric object for all exits: Keras' one-accuracy-metric-per-output costs 20-35% of
-    the step time on CPU for 13-17 outputs; this costs one small vector update per step.
+    the step time on CPU for 13-17 outputs; this costs one small vector update per step
+    (FIDELITY.md T10).
     """
 
     def __init__(self, output_names, name="exit_metrics", **kwargs):
@@ -44,7 +45,7 @@ class ExitTrainer(keras.Model):
 
     Labels are integer class indices. CE_i is Keras' categorical cross-entropy of the
     softmax output of exit i, without the 1/C factor of the paper's eq. (2), as the
-    authors trained (FIDELITY.md T1).
+    authors trained (FIDELITY.md L1, L2).
     """
 
     def __init__(self, net, loss_weights, **kwargs):

@@ -12,7 +12,8 @@ CKPT = "ckpt"
 
 
 def _set_trainable(net, trainable):
-    """'heads': only the exits' layers train (backbone frozen); 'all': everything trains."""
+    """'heads': only the exits' layers train (backbone frozen, BatchNorm in inference
+    mode: FIDELITY.md T2); 'all': everything trains."""
     from .models import FINAL
 
     for layer in net.layers:
@@ -22,7 +23,7 @@ def _set_trainable(net, trainable):
 
 def _reseed(net, seed, epoch):
     """Set every RNG (Dropout) of `net` from (seed, epoch): a resumed run then draws the
-    same dropout masks as an uninterrupted one (RNG states are not in weight files)."""
+    same dropout masks as an uninterrupted one (RNG states are not in weight files; T7)."""
     import numpy as np
 
     for i, layer in enumerate(net.layers):
@@ -96,7 +97,7 @@ def _diff(a, b, prefix=""):
 def _plateau(state, val_loss, phase, min_delta=1e-4):
     """ReduceLROnPlateau on validation loss with Keras' defaults (min_delta 1e-4, cooldown 0).
 
-    Its state lives in the run state so that a resumed run continues it exactly.
+    Its state lives in the run state so that a resumed run continues it exactly (T5).
     """
     p = state["plateau"]
     if val_loss < p["best"] - min_delta:
@@ -166,7 +167,7 @@ def train(cfg, runs_root="runs", run_dir=None, verbose="auto", log=print):
             _restore_optimizer(run, trainer, state["last"]["optimizer"])
             log(f"[{cfg['name']}] resuming phase '{name}' after epoch {state['phase_epoch']}")
         elif index > 0 and t["reload_best_between_phases"] and phases[index - 1][0] in state["best"]:
-            # The authors' scripts reload the best phase-1 checkpoint before phase 2.
+            # The authors' scripts reload the best phase-1 checkpoint before phase 2 (T3).
             net.load_weights(run.path(state["best"][phases[index - 1][0]]["file"]))
 
         while state["phase_epoch"] < phase["epochs"]:
@@ -182,7 +183,7 @@ def train(cfg, runs_root="runs", run_dir=None, verbose="auto", log=print):
                 validation_data=val_ds, epochs=1, shuffle=False, verbose=verbose,
                 callbacks=[CompactProgbar()] if verbose else [])
             logs = {k: float(v[-1]) for k, v in hist.history.items()}
-            if not all(math.isfinite(v) for v in logs.values()):
+            if not all(math.isfinite(v) for v in logs.values()):  # FIDELITY.md T9
                 raise ElasticKerasError(
                     f"[{cfg['name']}] loss is not finite at run epoch {epoch} (phase '{name}'): "
                     f"loss={logs.get('loss')}, val_loss={logs.get('val_loss')}; "

@@ -1,0 +1,86 @@
+"""The reproduction drivers end to end on smoke runs (issue 4): tables, resume, figure, notebook."""
+
+import importlib.util
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from elastic_keras import ElasticKerasError
+from elastic_keras.reproduce import TABLES, run_configs, select
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+RUNS = "cifar10-densenet121-elastic,cifar10-densenet121-plain"
+
+
+def _reproduce(tmp, *extra, popen=False):
+    cmd = [sys.executable, "-m", "elastic_keras", "reproduce", "table1", "--profile", "smoke",
+           "--data", "synthetic", "--runs", RUNS, "--runs-root", str(tmp / "runs"),
+           "--out", str(tmp / "results"), *extra]
+    if popen:
+        return subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=900)
+
+
+def test_selection_and_data_replacement():
+    assert len(TABLES["table1"]) == 26 and len(TABLES["table2"]) == 3
+    assert set(TABLES["table2"]) < set(TABLES["table1"])
+    assert select("table1", "mobilenet") == ["cifar10-mobilenet-elastic", "cifar10-mobilenet-plain",
+                                             "cifar100-mobilenet-elastic", "cifar100-mobilenet-plain"]
+    with pytest.raises(ElasticKerasError, match="match no run"):
+        select("table1", "mobilenet,resnet18")
+    cfgs, skipped = run_configs("table1", "smoke", data="synthetic", runs="vgg16")
+    assert [c["data"]["num_classes"] for c in cfgs] == [10, 10, 100, 100]
+    assert all(c["data"]["dataset"] == "synthetic" and c["profile"] == "smoke" for c in cfgs)
+    cfgs, skipped = run_configs("table1", "demo", data="digits", runs="vgg16")
+    assert len(cfgs) == 2 and skipped == ["cifar100-vgg16-elastic", "cifar100-vgg16-plain"]
+    paper = run_configs("table2")[0]
+    assert all(c["model"]["input_size"] == 224 and c["train"]["batch_size"] == 16
+               and c["phases"]["full"]["epochs"] == 100 for c in paper)
+
+
+def test_smoke_reproduce_resumes_rewrites_identically_and_feeds_figure_and_notebook(tmp_path):
+    runs = tmp_path / "runs" / "smoke" / "synthetic"
+    first, second = runs / "cifar10-densenet121-elastic", runs / "cifar10-densenet121-plain"
+    # Interrupt (kill -9) while the second run trains, then run the same command again.
+    proc = _reproduce(tmp_path, popen=True)
+    deadline = time.time() + 600
+    while time.time() < deadline and not (second / "state.json").exists():
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert (first / "results.json").exists() and not (second / "results.json").exists()
+    done_at = os.path.getmtime(first / "results.json")
+    r = _reproduce(tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert "[1/2]" in r.stdout and "[2/2]" in r.stdout and "finished already" in r.stdout
+    assert os.path.getmtime(first / "results.json") == done_at  # not trained again
+    assert json.loads((second / "results.json").read_text())["profile"] == "smoke"
+    md = (tmp_path / "results" / "smoke-synthetic-table1.md").read_text()
+    assert "NOT a reproduction" in md and "`smoke`" in md and "`synthetic`" in md
+    csv1 = (tmp_path / "results" / "smoke-synthetic-table1.csv").read_text()
+    # Again: no training, byte-identical tables.
+    r = _reproduce(tmp_path)
+    assert r.returncode == 0 and r.stdout.count("finished already") == 2
+    assert (tmp_path / "results" / "smoke-synthetic-table1.csv").read_text() == csv1
+    assert (tmp_path / "results" / "smoke-synthetic-table1.md").read_text() == md
+    row = [line for line in csv1.splitlines() if line.startswith("DenseNet-121")
+           or ",densenet121," in line][0]
+    assert row.count(",,") < row.count(",")  # our cells are filled
+    # Figure 3 from the histories (profile/data of the last reproduce by default).
+    fig = subprocess.run([sys.executable, os.path.join(REPO, "scripts", "figure3.py"),
+                          "--runs-root", str(tmp_path / "runs"), "--out",
+                          str(tmp_path / "fig3.png")], capture_output=True, text=True)
+    assert fig.returncode == 0, fig.stderr
+    assert (tmp_path / "fig3.png").read_bytes()[:4] == b"\x89PNG"
+    # The notebook executes headless on these smoke results.
+    spec = importlib.util.spec_from_file_location(
+        "run_notebook", os.path.join(REPO, "scripts", "run_notebook.py"))
+    rn = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(rn)
+    rn.run_notebook(os.path.join(REPO, "notebooks", "loss_curves.ipynb"), run_dir=str(first),
+                    timeout=300)
