@@ -142,6 +142,17 @@ def build_parser():
     return p
 
 
+def run_script(action):
+    """Run a script's `action()`, printing 'wrote <its result>'; a user error prints one
+    message and gives exit status 2 (for scripts/*.py)."""
+    try:
+        print(f"wrote {action()}")
+    except ElasticKerasError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
 def main(argv=None):
     _quiet_tf()
     args = build_parser().parse_args(argv)

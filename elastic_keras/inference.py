@@ -29,7 +29,7 @@ def load(model):
     if isinstance(model, (str, os.PathLike)):
         import keras
 
-        from . import preprocessing  # noqa: F401  (registers the Preprocess layer)
+        from . import preprocessing  # noqa: F401 (registers the Preprocess layer)
 
         path = os.fspath(model)
         if not os.path.isfile(path):
@@ -472,9 +472,9 @@ def write_budget(out_dir, rows, title):
     csv_path = os.path.join(out_dir, BUDGET_CSV)
     png_path = os.path.join(out_dir, BUDGET_PNG)
     io.write_text(csv_path, buf.getvalue())
-    fig = _budget_figure(rows, title)
-    with io.atomic_path(png_path, suffix=".png") as tmp:
-        fig.savefig(tmp, format="png", dpi=120)
+    from .plots import save_figure
+
+    save_figure(_budget_figure(rows, title), png_path)
     return csv_path, png_path
 
 

@@ -144,3 +144,16 @@ def plot_error_vs_macs(results, ax=None, title=None):
     if title:
         ax.set_title(title)
     return ax
+
+
+def save_figure(fig, out, dpi=120):
+    """Write `fig` to the PNG `out` atomically (no timestamp metadata), close it, return out."""
+    import matplotlib.pyplot as plt
+
+    from . import io
+
+    fig.tight_layout()
+    with io.atomic_path(out, suffix=".png") as tmp:
+        fig.savefig(tmp, format="png", dpi=dpi, metadata={"Software": None})
+    plt.close(fig)
+    return out

@@ -39,7 +39,7 @@ import numpy as np  # noqa: E402
 CLASSES = 10
 LR = 0.01
 # (input size, batch, rounds, steps per block); --quick uses QUICK.
-SETTINGS = ((224, 16, 4, 3), (64, 64, 6, 5))
+SETTINGS = ((224, 16, 4, 3), (64, 64, 10, 5))
 QUICK = ((224, 16, 2, 2), (64, 64, 2, 3))
 
 

@@ -15,6 +15,7 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from elastic_keras import io  # noqa: E402
+from elastic_keras.cli import run_script  # noqa: E402
 from elastic_keras.errors import ElasticKerasError  # noqa: E402
 from elastic_keras.tables import (default_prefix, is_reproduction, read_history,  # noqa: E402
                                   run_name, run_path)
@@ -30,7 +31,7 @@ def figure3(runs_root, profile, dataset_tag, out):
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from elastic_keras.plots import plot_final_curves
+    from elastic_keras.plots import plot_final_curves, save_figure
 
     # Both histories first: a missing one is an error, never half a figure.
     histories, missing = {}, []
@@ -50,11 +51,7 @@ def figure3(runs_root, profile, dataset_tag, out):
         title += "\nNOT a reproduction (smoke/demo profile)"
     fig, ax = plt.subplots(figsize=(8, 5))
     plot_final_curves(histories, "loss", ax=ax, title=title)
-    fig.tight_layout()
-    with io.atomic_path(out, suffix=".png") as tmp:
-        fig.savefig(tmp, dpi=120, metadata={"Software": None})
-    plt.close(fig)
-    return out
+    return save_figure(fig, out)
 
 
 def main(argv=None):
@@ -80,12 +77,7 @@ def main(argv=None):
     if args.out is None:
         args.out = os.path.join("results", default_prefix(args.profile, args.dataset_tag)
                                 + "figure3.png")
-    try:
-        print(f"wrote {figure3(args.runs_root, args.profile, args.dataset_tag, args.out)}")
-    except ElasticKerasError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    return 0
+    return run_script(lambda: figure3(args.runs_root, args.profile, args.dataset_tag, args.out))
 
 
 if __name__ == "__main__":
