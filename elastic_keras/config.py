@@ -64,7 +64,7 @@ PROFILES = {
         "model.input_size": "min", "model.weights": None, "data.dataset": "digits",
         "train.batch_size": 32, "model.bn_momentum": 0.9,
         "phases.heads.epochs": 1, "phases.heads.lr": 0.01,
-        "phases.full.epochs": 8, "phases.full.lr": 0.01, "phases.full.patience": 3,
+        "phases.full.epochs": 6, "phases.full.lr": 0.01, "phases.full.patience": 3,
     },
 }
 

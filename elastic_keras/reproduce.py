@@ -76,13 +76,16 @@ def reproduce(table, profile="paper", data=None, data_dir=None, weights=None, ru
     took = []
     for i, cfg in enumerate(configs, 1):
         run = Run(run_dir_for(cfg, runs_root))
-        done = [f"{n} {_fmt(s)}" for n, s in took]
+        done = (f"; {len(took)} done, {_fmt(sum(s for _, s in took))} of training, last "
+                f"{took[-1][0]} {_fmt(took[-1][1])}") if took else ""
         log(f"=== [{i}/{len(configs)}] {cfg['name']} ({profile} profile, data "
-            f"{cfg['data']['dataset']})" + (f"; done so far: {', '.join(done)}" if done else ""))
+            f"{cfg['data']['dataset']}){done}")
         start = time.time()
         train(cfg, runs_root=runs_root, verbose=verbose, log=log)
         took.append((cfg["name"], _train_seconds(run) if run.finished else time.time() - start))
-    log(f"=== {len(configs)} runs finished in {_fmt(sum(s for _, s in took))} of training")
+    log(f"=== {len(configs)} runs finished, {_fmt(sum(s for _, s in took))} of training:")
+    for name, seconds in took:
+        log(f"    {name:<32} {_fmt(seconds)}")
     return write_tables(runs_root, profile, dataset_tag=data, out_dir=out_dir,
                         paper_dir=paper_dir)
 

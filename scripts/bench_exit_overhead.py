@@ -10,16 +10,17 @@ Trains, in one process and side by side, on synthetic CIFAR-shaped uint8 images
   `loss="sparse_categorical_crossentropy"` and `metrics=["accuracy"]` per output
   (13 loss objects, 13 metric objects).
 
-Each model is fed exactly as `train.py` feeds it: `fit(batches(...), epochs=1,
-shuffle=False)`, native 32x32 uint8 batches resized in-graph to the input size. Settings:
-224 px batch 16 (the paper's protocol) and 64 px batch 64. Every model is first warmed up
-(tracing, then one untimed block). Then each round runs one `fit` block of N steps per
-model in the order elastic, plain, naive, naive, plain, elastic (symmetric: linear drifts
-in machine load cancel). A block's step time is the median of its steps' wall times (a
-callback; `fit`'s per-call setup is left out, and bursts of load from other processes on
-a shared machine are filtered); a model's round time is the mean of its two blocks; the
-ratio plain/elastic (= images/s elastic/plain) is taken per round, then the median over
-rounds. The same ratio from process CPU time per step is printed as a cross-check.
+Each model gets the input `train.py` gives it: `batches(...)` streams of native 32x32
+uint8 images, resized in-graph to the input size. Settings: 224 px batch 16 (the paper's
+protocol) and 64 px batch 64. Each model is warmed up by a short `fit` (tracing and
+building) and a few steps. Then its steps are run the way `fit` runs them, one call of the
+compiled `train_function` per step with the step's logs pulled to Python floats (as a
+progress bar does), leaving out `fit`'s per-call setup, so that short blocks can be
+interleaved: each round runs a block of N steps of each model in the order elastic,
+plain, naive, naive, plain, elastic (symmetric, so linear drifts in machine load cancel);
+per round the ratio plain time / elastic time (= images/s elastic / plain) is taken, then
+the median over many rounds (robust to bursts of load from other processes on a shared
+machine). The same ratio from process CPU time is printed as a cross-check.
 
     python scripts/bench_exit_overhead.py [--quick] [--no-naive]
 
@@ -39,25 +40,8 @@ import numpy as np  # noqa: E402
 CLASSES = 10
 LR = 0.01
 # (input size, batch, rounds, steps per block); --quick uses QUICK.
-SETTINGS = ((224, 16, 4, 3), (64, 64, 10, 5))
-QUICK = ((224, 16, 2, 2), (64, 64, 2, 3))
-
-
-def _step_timer():
-    """A Keras callback recording the wall-clock seconds of every training step."""
-    import keras
-
-    class StepTimer(keras.callbacks.Callback):
-        def on_train_begin(self, logs=None):
-            self.steps = []
-
-        def on_train_batch_begin(self, batch, logs=None):
-            self.start = time.perf_counter()
-
-        def on_train_batch_end(self, batch, logs=None):
-            self.steps.append(time.perf_counter() - self.start)
-
-    return StepTimer()
+SETTINGS = ((224, 16, 8, 2), (64, 64, 16, 2))
+QUICK = ((224, 16, 2, 1), (64, 64, 3, 2))
 
 
 def _images(n, seed):
@@ -91,23 +75,34 @@ def _models(size):
     return models, k
 
 
-def _fit_block(model, transform, x, y, batch):
-    """One `fit` over x (a whole number of batches): (median s per step, CPU s per step).
+class _Stepper:
+    """Runs training steps of one compiled model on a `batches(...)` stream, timed."""
 
-    The median of the block's step times is the steady-state step time, robust to bursts
-    of load from other processes on a shared machine; the process CPU time per step (all
-    threads, `fit`'s setup included) is a second, load-insensitive measure.
-    """
-    from elastic_keras.data import batches
+    def __init__(self, model, transform, x, y, batch):
+        from elastic_keras.data import batches
 
-    ds = batches(x, y, batch)
-    if transform is not None:
-        ds = ds.map(transform)
-    timer = _step_timer()
-    cpu = time.process_time()
-    model.fit(ds, epochs=1, shuffle=False, verbose=0, callbacks=[timer])
-    cpu = time.process_time() - cpu
-    return statistics.median(timer.steps), cpu / len(timer.steps)
+        self.model = model
+        ds = batches(x, y, batch)
+        self.dataset = ds if transform is None else ds.map(transform)
+
+    def warm_up(self, steps):
+        """A short `fit` (tracing, building), a step, then `steps` timed steps: s per step."""
+        self.model.fit(self.dataset.take(2), epochs=1, shuffle=False, verbose=0)
+        self.iterator = iter(self.dataset.repeat())
+        self.block(1)  # the train function meets a plain dataset iterator: traced again
+        return self.block(steps)[0] / steps
+
+    def block(self, steps):
+        """Run `steps` training steps as `fit` does: (wall s, process CPU s).
+
+        Each step is one call of the model's compiled `train_function` (what `fit` calls
+        per step) whose logs are then pulled to Python floats, as a progress bar does.
+        """
+        wall, cpu = time.perf_counter(), time.process_time()
+        for _ in range(steps):
+            logs = self.model.train_function(self.iterator)
+            _ = {k: float(v) for k, v in logs.items()}
+        return time.perf_counter() - wall, time.process_time() - cpu
 
 
 def bench(size, batch, rounds, steps, naive=True):
@@ -115,36 +110,35 @@ def bench(size, batch, rounds, steps, naive=True):
     names = ["elastic", "plain"] + (["naive"] if naive else [])
     t0 = time.perf_counter()
     models, k = _models(size)
-    x, y = _images(steps * batch, seed=size)
+    x, y = _images(8 * batch, seed=size)
     print(f"\n{size} px, batch {batch}: elastic {k} outputs, plain 1; {rounds} rounds of "
           f"{' '.join(names + names[::-1])}, {steps} steps a block; "
           f"models built in {time.perf_counter() - t0:.0f} s")
-    for name in names:  # warm-up: tracing, then one untimed block
+    steppers = {n: _Stepper(*models[n], x, y, batch) for n in names}
+    for name in names:  # warm-up: tracing, then a few untimed steps
         t1 = time.perf_counter()
-        _fit_block(*models[name], x[:2 * batch], y[:2 * batch], batch)
-        wall, _ = _fit_block(*models[name], x, y, batch)
-        print(f"  warm-up {name:<8} {time.perf_counter() - t1:6.1f} s "
-              f"(then {wall:.3f} s/step)")
+        per_step = steppers[name].warm_up(steps)
+        print(f"  warm-up {name:<8} {time.perf_counter() - t1:6.1f} s (then {per_step:.3f} s/step)")
         sys.stdout.flush()
     order = names + names[::-1]
-    samples = []  # per round: {name: (wall s per step, cpu s per step)}
+    samples = []  # per round: {name: (wall s, cpu s)} for 2 x steps steps
     for r in range(rounds):
-        times = {n: [] for n in names}
+        per = {n: [0.0, 0.0] for n in names}
         for name in order:
-            times[name].append(_fit_block(*models[name], x, y, batch))
-        per = {n: tuple(statistics.fmean(t[j] for t in ts) for j in range(2))
-               for n, ts in times.items()}
+            for j, t in enumerate(steppers[name].block(steps)):
+                per[name][j] += t
         samples.append(per)
-        print(f"  round {r + 1}: " + "  ".join(
-            f"{n} {batch / per[n][0]:6.1f} img/s" for n in names)
-            + "  elastic/plain " + f"{per['plain'][0] / per['elastic'][0]:.3f}"
-            + (f"  naive/plain {per['plain'][0] / per['naive'][0]:.3f}" if naive else ""))
-        sys.stdout.flush()
+        if rounds <= 10 or r % 2 == 1 or r == rounds - 1:
+            print(f"  round {r + 1}: " + "  ".join(
+                f"{n} {2 * steps * batch / per[n][0]:6.1f} img/s" for n in names)
+                + f"  elastic/plain {per['plain'][0] / per['elastic'][0]:.3f}"
+                + (f"  naive/plain {per['plain'][0] / per['naive'][0]:.3f}" if naive else ""))
+            sys.stdout.flush()
 
     def ratio(name, j):  # plain time / name's time = name's images/s over plain's
         return statistics.median(s["plain"][j] / s[name][j] for s in samples)
 
-    ips = {n: statistics.median(batch / s[n][0] for s in samples) for n in names}
+    ips = {n: statistics.median(2 * steps * batch / s[n][0] for s in samples) for n in names}
     print(f"{size} px batch {batch}: median images/s: "
           + ", ".join(f"{n} {ips[n]:.1f}" for n in names))
     out = {}

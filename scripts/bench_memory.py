@@ -13,7 +13,7 @@ exactly as `train.py` does (`fit(batches(..., shuffle=True), validation_data=...
 batches (validation_steps), on synthetic CIFAR-shaped uint8 data of the real split's
 sizes. Memory is the process's peak resident set size (`getrusage` ru_maxrss).
 
-    python scripts/bench_memory.py [--backbone densenet121] [--steps 30] [--val-steps 5]
+    python scripts/bench_memory.py [--backbone densenet121] [--steps 20] [--val-steps 5]
 
 Last line: peak_rss_gb=<peak RSS in GB (1e9 bytes)>.
 """
@@ -55,10 +55,29 @@ def report(what):
     sys.stdout.flush()
 
 
+def _rss_logger(every):
+    """A Keras callback printing the RSS every `every` training steps and after validation."""
+    import keras
+
+    class RSSLogger(keras.callbacks.Callback):
+        def on_train_batch_end(self, batch, logs=None):
+            if batch == 0 or (batch + 1) % every == 0:
+                report(f"training step {batch + 1}, {time.perf_counter() - self.start:.0f} s")
+
+        def on_train_begin(self, logs=None):
+            self.start = time.perf_counter()
+
+        def on_test_end(self, logs=None):
+            report(f"validation done, {time.perf_counter() - self.start:.0f} s")
+
+    return RSSLogger()
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--backbone", default="densenet121")
-    p.add_argument("--steps", type=int, default=30, help="training steps (default 30)")
+    p.add_argument("--steps", type=int, default=20,
+                   help="training steps (default 20; the peak is reached within the first few)")
     p.add_argument("--val-steps", type=int, default=5,
                    help="validation batches (default 5)")
     p.add_argument("--size", type=int, default=224, help="input size (default 224, the paper's)")
@@ -102,6 +121,10 @@ def main(argv=None):
     trainer = ExitTrainer(net, [1.0] * len(net.outputs))
     trainer.compile(optimizer=keras.optimizers.SGD(learning_rate=0.01, momentum=0.9))
     print(f"model: {net.name}, {len(net.outputs)} outputs, {net.count_params():,} parameters")
+    outputs = sum(int(np.prod(t.shape[1:])) for layer in net.layers
+                  for t in tf.nest.flatten(layer.output))
+    print(f"its layer outputs for one batch of {args.batch} sum to "
+          f"{outputs * args.batch * 4 / GB:.2f} GB of float32 (about what backprop keeps)")
     report("model built")
 
     t1 = time.perf_counter()
@@ -109,12 +132,12 @@ def main(argv=None):
         batches(x_train, y_train, args.batch, shuffle=True, seed=0, epoch=1),
         steps_per_epoch=args.steps,
         validation_data=batches(x_val, y_val, args.eval_batch),
-        validation_steps=args.val_steps, epochs=1, shuffle=False, verbose=2)
+        validation_steps=args.val_steps, epochs=1, shuffle=False, verbose=0,
+        callbacks=[_rss_logger(5)])
     logs = {k: float(v[-1]) for k, v in hist.history.items()}
     print(f"trained {args.steps} steps ({args.steps * args.batch} images) + validated "
           f"{args.val_steps} batches in {time.perf_counter() - t1:.0f} s: loss "
           f"{logs['loss']:.3f}, val_loss {logs['val_loss']:.3f}")
-    report("after training and validation")
 
     peak = peak_rss()
     print(f"\ntotal {time.perf_counter() - t0:.0f} s; peak RSS {peak / GB:.2f} GB "
