@@ -7,14 +7,16 @@ from . import io
 from .runs import RESULTS
 
 
-def evaluate(run, log=print):
-    """Evaluate `run` (a Run) on its test set; write results.json atomically; return run."""
+def evaluate(run, data=None, log=print):
+    """Evaluate `run` (a Run) on its test set; write results.json atomically; return run.
+
+    `data`: the run's already loaded dataset (as train passes it), else loaded here."""
     from .data import batches
     from .models import exit_info
     from .step import ExitTrainer
 
     cfg = run.config
-    data = run.load_data()
+    data = data or run.load_data()
     net = run.load_model()
     best = run.best_checkpoint()
     trainer = ExitTrainer(net, [1.0] * len(net.outputs))

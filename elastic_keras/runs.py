@@ -11,6 +11,15 @@ CONFIG, STATE, HISTORY, RESULTS, SPLIT = (
     "config.json", "state.json", "history.csv", "results.json", "split.json")
 
 
+def load_data(d):
+    """The dataset and split described by a config's `data` section."""
+    from .data import load_dataset
+
+    return load_dataset(d["dataset"], data_dir=d["data_dir"], val_fraction=d["val_fraction"],
+                        seed=d["seed"], num_classes=d["num_classes"],
+                        train_limit=d["train_limit"], test_limit=d["test_limit"])
+
+
 def run_dir_for(cfg, runs_root="runs"):
     """runs/<profile>/<dataset>/<name>: named after the experiment, never a timestamp."""
     return os.path.join(runs_root, cfg["profile"], cfg["data"]["dataset"], cfg["name"])
@@ -44,12 +53,7 @@ class Run:
 
     def load_data(self):
         """The run's dataset and split, as recorded in its config."""
-        from .data import load_dataset
-
-        d = self.config["data"]
-        return load_dataset(d["dataset"], data_dir=d["data_dir"], val_fraction=d["val_fraction"],
-                            seed=d["seed"], num_classes=d["num_classes"],
-                            train_limit=d["train_limit"], test_limit=d["test_limit"])
+        return load_data(self.config["data"])
 
     def build_model(self, weights=None):
         """The run's network (native-size input, in-graph preprocessing), untrained."""

@@ -6,7 +6,7 @@ import time
 
 from . import io
 from .errors import ElasticKerasError
-from .runs import CONFIG, SPLIT, STATE, Run, run_dir_for
+from .runs import CONFIG, SPLIT, STATE, Run, load_data, run_dir_for
 
 CKPT = "ckpt"
 
@@ -114,7 +114,7 @@ def train(cfg, runs_root="runs", run_dir=None, verbose="auto", log=print):
     """Train `cfg` in its run directory (resuming if started) and evaluate it once."""
     import keras
 
-    from .data import batches, load_dataset
+    from .data import batches
     from .evaluate import evaluate
     from .losses import loss_weights
     from .models import exit_info
@@ -128,9 +128,7 @@ def train(cfg, runs_root="runs", run_dir=None, verbose="auto", log=print):
     d, t = cfg["data"], cfg["train"]
 
     keras.utils.set_random_seed(t["seed"])
-    data = load_dataset(d["dataset"], data_dir=d["data_dir"], val_fraction=d["val_fraction"],
-                        seed=d["seed"], num_classes=d["num_classes"],
-                        train_limit=d["train_limit"], test_limit=d["test_limit"])
+    data = load_data(d)
     resolved = {"num_classes": data.num_classes, "image_shape": list(data.x_train.shape[1:]),
                 "train_images": len(data.y_train), "val_images": len(data.y_val),
                 "test_images": len(data.y_test)}
@@ -206,7 +204,7 @@ def train(cfg, runs_root="runs", run_dir=None, verbose="auto", log=print):
             io.write_json(run.path(STATE), state)
             run.write_history(state["history"])
             _prune_checkpoints(run, state)
-    return evaluate(run, log=log)
+    return evaluate(run, data=data, log=log)
 
 
 def _phase_index(state, phases):
