@@ -14,7 +14,8 @@ def _layer_types():
     return L.Conv2D, L.DepthwiseConv2D, L.SeparableConv2D, L.Dense
 
 
-def _node_of(tensor):
+def node_of(tensor):
+    """The graph node that produced `tensor`."""
     op, node_index, _ = tensor._keras_history
     return op._inbound_nodes[node_index]
 
@@ -23,7 +24,7 @@ def graph_nodes(outputs):
     """Every graph node that `outputs` (a list of KerasTensors) depend on."""
     seen, stack = {}, list(outputs)
     while stack:
-        node = _node_of(stack.pop())
+        node = node_of(stack.pop())
         if id(node) not in seen:
             seen[id(node)] = node
             stack.extend(node.input_tensors)

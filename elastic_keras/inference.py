@@ -12,6 +12,7 @@ import numpy as np
 from . import io
 from .costs import cost_of
 from .errors import ElasticKerasError
+from .models import head_tap
 
 CRITERIA = ("max_prob", "entropy")
 BUDGET_CSV, BUDGET_PNG = "budget.csv", "budget.png"
@@ -181,20 +182,6 @@ def path_macs(model, convention="full"):
             for k in range(len(model.outputs))]
 
 
-def _head_tap(tensor, name):
-    """The backbone tensor an exit's head reads: walk back through the layers of its head."""
-    t = tensor
-    while True:
-        op, index, _ = t._keras_history
-        if not (op.name == name or op.name.startswith(name + "_")):
-            return t
-        node = op._inbound_nodes[index]
-        if len(node.input_tensors) != 1:
-            raise ElasticKerasError(f"head layer {op.name!r} of exit {name!r} has "
-                                    f"{len(node.input_tensors)} inputs; expected a chain")
-        t = node.input_tensors[0]
-
-
 # ---------------------------------------------------------------------------------------
 # The cascade
 
@@ -254,7 +241,7 @@ class Cascade:
         # Segment k: tap k-1 (the input for k = 1) -> [tap k, softmax k]; the last one
         # ends at the final softmax. Each exit's tap is a cut vertex of the backbone, so
         # a segment needs nothing from before its input tap.
-        taps = [_head_tap(t, n) for t, n in zip(model.outputs, self.output_names)]
+        taps = [head_tap(t) for t in model.outputs]
         self.segments, start = [], inp
         for k, (tap, probs) in enumerate(zip(taps, model.outputs)):
             last = k == len(taps) - 1

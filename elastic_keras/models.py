@@ -3,11 +3,12 @@
 import os
 from dataclasses import asdict, dataclass
 
-from .costs import cost_of, graph_nodes
+from .costs import cost_of, graph_nodes, node_of
 from .errors import ElasticKerasError
 from .registry import get_spec
 
 FINAL = "final"  # name of the final exit's output, in elastic and plain models alike
+_HEAD_PREFIXES = ("exit_", FINAL)  # every layer of an exit's head starts so
 DEFAULT_DROPOUT = 0.2  # not in the paper; the authors' scripts (FIDELITY.md F2)
 
 
@@ -111,18 +112,29 @@ def exit_info(model, convention="full"):
     return result
 
 
-def _head_input(tensor):
-    """Name of the backbone layer an exit hangs from (walks back through the head)."""
-    node = graph_nodes([tensor])[0]
-    name = node.operation.name
-    while node.input_tensors and name.startswith(tuple(_HEAD_PREFIXES)):
-        op, index, _ = node.input_tensors[0]._keras_history
-        node = op._inbound_nodes[index]
-        name = op.name
-    return name
+def is_head_layer(name):
+    """Whether a layer named `name` belongs to an exit's head (not to the backbone)."""
+    return name.startswith(_HEAD_PREFIXES)
 
 
-_HEAD_PREFIXES = ("exit_", FINAL)
+def head_tap(output):
+    """The backbone tensor an exit's head reads: walks back from the exit's `output`
+    through the layers named after it (exit_3, exit_3_dropout, exit_3_gap)."""
+    name = node_of(output).operation.name
+    tensor = output
+    while True:
+        node = node_of(tensor)
+        if not (node.operation.name == name or node.operation.name.startswith(name + "_")):
+            return tensor
+        if len(node.input_tensors) != 1:
+            raise ElasticKerasError(f"head layer {node.operation.name!r} of exit {name!r} has "
+                                    f"{len(node.input_tensors)} inputs; expected a chain")
+        tensor = node.input_tensors[0]
+
+
+def _head_input(output):
+    """Name of the backbone layer an exit hangs from."""
+    return node_of(head_tap(output)).operation.name
 
 
 def build_model(backbone, classes, input_size=224, dropout=DEFAULT_DROPOUT, alpha=None,

@@ -63,8 +63,9 @@ class ExitTrainer(keras.Model):
         return self.net(x, training=training)
 
     def _exit_losses(self, probs, y):
-        # probs: list of (B, C) per exit -> (K, B, C); per-exit CE and accuracy, (K,) each.
-        p = tf.stack(probs, axis=0)
+        # probs: (B, C) per exit (a plain model has one) -> (K, B, C); per-exit CE and
+        # accuracy, (K,) each.
+        p = tf.stack(probs if isinstance(probs, (list, tuple)) else [probs], axis=0)
         y = tf.cast(y, "int32")
         onehot = tf.one_hot(y, tf.shape(p)[-1], dtype=p.dtype)
         p_true = tf.reduce_sum(p * onehot[None], axis=-1)
@@ -81,18 +82,14 @@ class ExitTrainer(keras.Model):
     def train_step(self, data):
         x, y = data
         with tf.GradientTape() as tape:
-            probs = self.net(x, training=True)
-            probs = probs if isinstance(probs, (list, tuple)) else [probs]
-            total, per_exit, acc = self._exit_losses(probs, y)
+            total, per_exit, acc = self._exit_losses(self.net(x, training=True), y)
         variables = self.trainable_variables
         self.optimizer.apply(tape.gradient(total, variables), variables)
         return self._record(total, per_exit, acc, y)
 
     def test_step(self, data):
         x, y = data
-        probs = self.net(x, training=False)
-        probs = probs if isinstance(probs, (list, tuple)) else [probs]
-        return self._record(*self._exit_losses(probs, y), y)
+        return self._record(*self._exit_losses(self.net(x, training=False), y), y)
 
 
 class CompactProgbar(keras.callbacks.ProgbarLogger):

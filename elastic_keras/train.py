@@ -14,11 +14,10 @@ CKPT = "ckpt"
 def _set_trainable(net, trainable):
     """'heads': only the exits' layers train (backbone frozen, BatchNorm in inference
     mode: FIDELITY.md T2); 'all': everything trains."""
-    from .models import FINAL
+    from .models import is_head_layer
 
     for layer in net.layers:
-        is_head = layer.name.startswith(("exit_", FINAL))
-        layer.trainable = trainable == "all" or is_head
+        layer.trainable = trainable == "all" or is_head_layer(layer.name)
 
 
 def _reseed(net, seed, epoch):
@@ -149,9 +148,9 @@ def train(cfg, runs_root="runs", run_dir=None, verbose="auto", log=print):
     log(f"[{cfg['name']}] {run.dir}: {len(net.outputs)} outputs, loss weights {weights}, "
         f"{resolved['train_images']} train / {resolved['val_images']} val images")
 
-    done_phases = [name for name, _ in phases][:_phase_index(state, phases)]
+    done = _phase_index(state, phases)
     for index, (name, phase) in enumerate(phases):
-        if name in done_phases:
+        if index < done:
             continue
         _set_trainable(net, phase["trainable"])
         resuming = state["phase"] == name
