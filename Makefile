@@ -2,7 +2,21 @@
 PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
-STAMP  := $(VENV)/.installed
+
+# BACKEND: tensorflow (default), jax or torch; `make install BACKEND=jax` remembers it.
+# Where an NVIDIA GPU is present (nvidia-smi lists one), the backend's GPU build is
+# installed: tensorflow[and-cuda], jax[cuda12], or PyPI's CUDA build of torch.
+BACKEND ?= $(shell cat $(VENV)/backend 2>/dev/null || echo tensorflow)
+GPU     := $(shell nvidia-smi -L 2>/dev/null | grep -q '^GPU' && echo gpu || echo cpu)
+EXTRA_tensorflow_gpu := tensorflow-cuda
+EXTRA_jax_cpu := jax
+EXTRA_jax_gpu := jax-cuda
+EXTRA_torch_cpu := torch
+EXTRA_torch_gpu := torch
+EXTRAS  := $(EXTRA_$(BACKEND)_$(GPU))
+STAMP   := $(VENV)/.installed-$(BACKEND)-$(GPU)
+DEV     := $(VENV)/.installed-dev
+export KERAS_BACKEND := $(BACKEND)
 
 # PROFILE: paper (default), smoke or demo. DATA: replace the datasets (synthetic, digits).
 # DATA_DIR: local copy of the official CIFAR files. WEIGHTS: imagenet (default for paper),
@@ -12,6 +26,7 @@ DATA    ?=
 DATA_DIR ?=
 WEIGHTS ?=
 RUNS    ?=
+ALLOW_CPU ?=
 
 export TF_CPP_MIN_LOG_LEVEL ?= 3
 
@@ -20,7 +35,7 @@ export TF_CPP_MIN_LOG_LEVEL ?= 3
 
 REPRO_ARGS = --profile $(or $(PROFILE),paper) $(if $(DATA),--data $(DATA)) \
              $(if $(DATA_DIR),--data-dir $(DATA_DIR)) $(if $(WEIGHTS),--weights $(WEIGHTS)) \
-             $(if $(RUNS),--runs $(RUNS))
+             $(if $(RUNS),--runs $(RUNS)) $(if $(ALLOW_CPU),--allow-cpu)
 
 # The offline demo: a reduced Table I on scikit-learn's digits (elastic against plain),
 # tables, loss curves and an accuracy-vs-MACs curve under results/demo/.
@@ -54,19 +69,29 @@ bench: $(STAMP)
 install: $(STAMP)
 
 $(STAMP): setup.cfg pyproject.toml
-	$(PYTHON) -m venv $(VENV)
+	@case "$(BACKEND)" in tensorflow|jax|torch) ;; *) echo "BACKEND must be tensorflow, jax or torch, not '$(BACKEND)'"; exit 2;; esac
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e ".[dev]"
+	$(PY) -m pip install --quiet -e ".$(if $(EXTRAS),[$(EXTRAS)])"
+	echo $(BACKEND) > $(VENV)/backend
+	@echo "installed elastic-keras for Keras backend $(BACKEND) ($(GPU) build)"
 	touch $(STAMP)
 
-test: $(STAMP)
-	$(PY) -m pytest -q
+$(DEV): $(STAMP)
+	$(PY) -m pip install --quiet -e ".[dev]"
+	touch $(DEV)
 
-test-all: $(STAMP)
-	$(PY) -m pytest -q -m ""
+# The suite under TensorFlow, then its backend subset under JAX (CPU build).
+test: $(DEV)
+	KERAS_BACKEND=tensorflow $(PY) -m pytest -q
+	KERAS_BACKEND=jax $(PY) -m pytest -q -m backends
+
+test-all: $(DEV)
+	KERAS_BACKEND=tensorflow $(PY) -m pytest -q -m ""
+	KERAS_BACKEND=jax $(PY) -m pytest -q -m backends
 
 clean:
-	rm -rf $(VENV) build *.egg-info .pytest_cache
+	rm -rf $(VENV) build dist *.egg-info .pytest_cache
 
 # Elastic inference (issue "pay only for the exit you use"): accuracy vs MACs of exit
 # cascades for every finished run under runs/$(PROFILE); thresholds chosen on validation.

@@ -8,10 +8,6 @@ import sys
 from .errors import ElasticKerasError
 
 
-def _quiet_tf():
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-
-
 def cmd_describe(args):
     """Per-output table of a registered model: layer, conv layers, params, MACs."""
     from .models import build_model, exit_info
@@ -44,23 +40,24 @@ def cmd_train(args):
     from .config import load_config
     from .train import train
 
-    cfg = load_config(args.config, args.set, profile=args.profile)
-    train(cfg, runs_root=args.runs_root, run_dir=args.run_dir,
-          verbose=1 if sys.stdout.isatty() else 2)
+    cfg = load_config(args.config, args.set, profile=args.profile, protocol=args.protocol)
+    if args.dry_run:
+        print(json.dumps(cfg, indent=2))
+        return
+    train(cfg, runs_root=args.runs_root, run_dir=args.run_dir, allow_cpu=args.allow_cpu)
 
 
 def cmd_evaluate(args):
     """Evaluate a trained run on its test set (best checkpoint by validation loss)."""
     from .evaluate import evaluate
-    from .runs import open_run
 
-    evaluate(open_run(args.run_dir))
+    evaluate(args.run_dir)
 
 
 def cmd_budget(args):
     """Accuracy vs average MACs of early-exit cascades on a finished run (budget.csv/png)."""
-    from .inference import budget_run
-    from .runs import open_run
+    from .budget import budget_run
+    from .rundir import open_run
 
     budget_run(open_run(args.run_dir), criterion=args.criterion,
                n_thresholds=args.n_thresholds, batch_size=args.batch_size,
@@ -74,7 +71,7 @@ def cmd_reproduce(args):
     out = reproduce(args.table, profile=args.profile, data=args.data, data_dir=args.data_dir,
                     weights=args.weights, runs=args.runs, runs_root=args.runs_root,
                     out_dir=args.out, paper_dir=args.paper_dir, extra=args.set,
-                    verbose=1 if sys.stdout.isatty() else 2)
+                    allow_cpu=args.allow_cpu)
     for key in ("table1", "table2"):
         print(f"wrote {out[key + '_csv']} and {out[key + '_md']}")
     print(open(out[args.table + "_md"], encoding="utf-8").read())
@@ -104,6 +101,11 @@ def build_parser():
     t.add_argument("--profile", default=None, help="paper (default), smoke or demo")
     t.add_argument("--runs-root", default="runs")
     t.add_argument("--run-dir", default=None, help="default: RUNS_ROOT/PROFILE/DATASET/NAME")
+    t.add_argument("--protocol", default=None, help="paper (default) or authors")
+    t.add_argument("--allow-cpu", action="store_true",
+                   help="run the paper profile even where no GPU is visible")
+    t.add_argument("--dry-run", action="store_true",
+                   help="print the resolved config as JSON and train nothing")
     t.set_defaults(func=cmd_train)
 
     r = sub.add_parser("reproduce", help="train every unfinished run of a table, then write it")
@@ -121,6 +123,8 @@ def build_parser():
     r.add_argument("--runs-root", default="runs")
     r.add_argument("--out", default="results")
     r.add_argument("--paper-dir", default=None, help="the paper's numbers (../shared/reference)")
+    r.add_argument("--allow-cpu", action="store_true",
+                   help="run the paper profile even where no GPU is visible")
     r.set_defaults(func=cmd_reproduce)
 
     e = sub.add_parser("evaluate", help="per-exit test error of a trained run")
@@ -154,9 +158,11 @@ def run_script(action):
 
 
 def main(argv=None):
-    _quiet_tf()
     args = build_parser().parse_args(argv)
     try:
+        from .environment import import_keras_quietly
+
+        import_keras_quietly()
         args.func(args)
     except ElasticKerasError as e:
         print(f"error: {e}", file=sys.stderr)

@@ -1,4 +1,4 @@
-"""Run configs: the paper's protocol in one place, profiles, config files and overrides."""
+"""Run configs: the paper's protocol in one place, the authors' protocol, profiles, overrides."""
 
 import copy
 import json
@@ -9,15 +9,24 @@ from .errors import ElasticKerasError
 
 # The training protocol of the paper, section IV-A (PAPER.md section 6). A config file
 # holds only what differs from this; every key here can be overridden with --set.
+_PHASE = {
+    "trainable": "all", "epochs": 1, "lr": 1e-3, "momentum": 0.9,  # SGD (FIDELITY.md T1)
+    # ReduceLROnPlateau on val_loss, Keras' defaults, counted as Keras 2.1.5 did (T5)
+    "reduce_lr": False, "factor": 0.1, "patience": 10, "cooldown": 0, "min_lr": 0.0,
+    "min_delta": 1e-4, "counting": "keras2",
+    # EarlyStopping on val_loss: not in the paper (the authors' scripts: T11)
+    "early_stop": False, "stop_patience": 10, "stop_min_delta": 1e-4,
+}
 PROTOCOL = {
     "name": None,  # run name; defaults to the config file's stem
     "profile": "paper",
+    "protocol": "paper",  # "authors": what the authors' scripts ran (PROTOCOLS)
     "model": {
         "backbone": None,
         "plain": False,  # True: the baseline "w/o Elastic Structure"
         "input_size": 224,  # or "min": the backbone's smallest legal input
         "dropout": 0.2,  # not in the paper; the authors' scripts (FIDELITY.md M2)
-        "alpha": None,  # MobileNet width multiplier; None: the registry's (1.0)
+        "alpha": None,  # MobileNet width multiplier; None: the registry's
         "weights": "imagenet",  # "imagenet", null, or a path to a local *_notop.h5
         "preprocess": "paper",  # "paper": [0, 1]; "authors": inception [-1, 1]
         "bn_momentum": None,  # None: the Keras applications' own (0.99); demo only (T8)
@@ -31,20 +40,36 @@ PROTOCOL = {
         "train_limit": None,  # smoke runs: use this many official training images
         "test_limit": None,
     },
-    "loss": {"weights": "uniform", "nu": 2.0},  # or "second_half", "auxnet", [w1, ...]
+    # "uniform" (paper), "second_half" (Bai et al.), "auxnet", "auxnet_final", [w1, ...]
+    "loss": {"weights": "uniform", "nu": 2.0},
     "train": {
         "seed": 0,
         "batch_size": 16,
-        "eval_batch_size": 64,
-        "momentum": 0.9,
+        "eval_batch_size": 256,  # validation and test passes (no effect on results: T6)
         "reload_best_between_phases": True,  # authors' scripts (FIDELITY.md T3)
+        "backprop": "joint",  # or "multi_way": AuxNet's multi-way backpropagation (L4)
     },
     # Phases are data: the loop runs them in this order (paper section IV-A).
     "phases": {
-        "heads": {"trainable": "heads", "epochs": 10, "lr": 1e-3, "reduce_lr": False,
-                  "factor": 0.1, "patience": 10},
-        "full": {"trainable": "all", "epochs": 100, "lr": 1e-3, "reduce_lr": True,
-                 "factor": 0.1, "patience": 10},
+        "heads": {**_PHASE, "trainable": "heads", "epochs": 10},
+        "full": {**_PHASE, "trainable": "all", "epochs": 100, "reduce_lr": True},
+    },
+}
+
+# What the authors' scripts ran (yipersevere/Elastic at 644efea; FIDELITY.md A1-A7).
+_AUTHORS_PHASE = {"epochs": 100, "reduce_lr": True, "patience": 5, "cooldown": 1,
+                  "min_lr": 1e-5, "early_stop": True, "stop_patience": 10}
+PROTOCOLS = {
+    "paper": {"all": {}, "plain": {}, "backbones": {}},
+    "authors": {
+        "all": {"model.preprocess": "authors", "phases.full.momentum": 0.0,
+                **{f"phases.{p}.{k}": v for p in ("heads", "full")
+                   for k, v in _AUTHORS_PHASE.items()}},
+        # The per-backbone plain scripts (e.g. mobileNet/pretrain_MobileNet_CIFAR100.py).
+        "plain": {"model.dropout": 0.0, "phases.heads.momentum": 0.0, "train.batch_size": 32,
+                  "train.reload_best_between_phases": False,
+                  "phases.heads.stop_min_delta": 0.003, "phases.full.stop_min_delta": 0.003},
+        "backbones": {"mobilenet": "mobilenet_authors", "inceptionv3": "inceptionv3_authors"},
     },
 }
 
@@ -68,32 +93,34 @@ PROFILES = {
     },
 }
 
-TRAINABLE = ("heads", "all")
 
-
-def _flatten(d, prefix=""):
+def flatten(d, prefix=""):
+    """{"a": {"b": 1}} -> {"a.b": 1}."""
     out = {}
     for k, v in d.items():
         key = f"{prefix}{k}"
         if isinstance(v, dict) and v:
-            out.update(_flatten(v, key + "."))
+            out.update(flatten(v, key + "."))
         else:
             out[key] = v
     return out
+
+
+def _unknown(key, source):
+    return ElasticKerasError(f"{source}: unknown key {key!r}; valid keys: "
+                             f"{', '.join(sorted(flatten(PROTOCOL)))}")
 
 
 def _set(cfg, key, value, source):
     """Set dotted `key` in `cfg`, refusing keys the protocol does not have."""
     parts = key.split(".")
     node = cfg
-    for i, part in enumerate(parts[:-1]):
+    for part in parts[:-1]:
         if not isinstance(node.get(part), dict):
-            raise ElasticKerasError(f"{source}: unknown key {key!r}; valid keys: "
-                                    f"{', '.join(sorted(_flatten(PROTOCOL)))}")
+            raise _unknown(key, source)
         node = node[part]
     if parts[-1] not in node or isinstance(node[parts[-1]], dict) and not isinstance(value, dict):
-        raise ElasticKerasError(f"{source}: unknown key {key!r}; valid keys: "
-                                f"{', '.join(sorted(_flatten(PROTOCOL)))}")
+        raise _unknown(key, source)
     if isinstance(value, dict):
         for k, v in value.items():
             _set(cfg, f"{key}.{k}", v, source)
@@ -113,100 +140,61 @@ def parse_override(text):
     return key.strip(), value
 
 
-def load_config(path=None, overrides=(), profile=None):
-    """Protocol <- profile <- config file <- overrides, resolved and validated."""
+def read_toml(path):
+    """A config file as a dict; missing or malformed files end in one message."""
+    if not os.path.isfile(path):
+        raise ElasticKerasError(f"config file not found: {path}")
+    try:
+        with open(path, "rb") as f:
+            return tomllib.load(f)
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
+        raise ElasticKerasError(f"malformed config {path}: {e}") from None
+
+
+def _chosen(given, key, pairs, file_flat, valid):
+    """The profile or protocol: the argument, else --set, else the file, else "paper"."""
+    value = given or dict(pairs).get(key) or file_flat.get(key) or "paper"
+    if not isinstance(value, str) or value not in valid:
+        raise ElasticKerasError(f"unknown {key} {value!r}; valid: {', '.join(valid)}")
+    return value
+
+
+def load_config(path=None, overrides=(), profile=None, protocol=None):
+    """Protocol <- the chosen protocol's changes <- profile <- config file <- overrides,
+    resolved and validated. `path` is a TOML file (its stem names the run)."""
     cfg = copy.deepcopy(PROTOCOL)
-    file_cfg = {}
+    file_flat = {}
     if path is not None:
-        if not os.path.isfile(path):
-            raise ElasticKerasError(f"config file not found: {path}")
-        try:
-            with open(path, "rb") as f:
-                file_cfg = tomllib.load(f)
-        except tomllib.TOMLDecodeError as e:
-            raise ElasticKerasError(f"malformed config {path}: {e}") from None
+        file_flat = flatten(read_toml(path))
         cfg["name"] = os.path.splitext(os.path.basename(path))[0]
-    pairs = [parse_override(o) if isinstance(o, str) else o for o in overrides]
-    # The profile may come from the file or the command line; it applies beneath both.
-    chosen = profile or dict(pairs).get("profile") or file_cfg.get("profile") or "paper"
-    if chosen not in PROFILES:
-        raise ElasticKerasError(f"unknown profile {chosen!r}; valid: {', '.join(PROFILES)}")
-    cfg["profile"] = chosen
-    for key, value in PROFILES[chosen].items():
-        _set(cfg, key, value, f"profile {chosen}")
-    for key, value in file_cfg.items():
-        if key != "profile":
-            _set(cfg, key, value, path)
-    for key, value in pairs:
-        if key != "profile":
-            _set(cfg, key, value, "--set")
+    pairs = [parse_override(o) if isinstance(o, str) else tuple(o) for o in overrides]
+    # Profile and protocol may come from the file or the command line; they apply beneath both.
+    prof = _chosen(profile, "profile", pairs, file_flat, PROFILES)
+    proto = _chosen(protocol, "protocol", pairs, file_flat, PROTOCOLS)
+    cfg["profile"], cfg["protocol"] = prof, proto
+    plain = dict(pairs).get("model.plain", file_flat.get("model.plain")) is True
+    layers = [(PROTOCOLS[proto]["all"], f"protocol {proto}"),
+              (PROTOCOLS[proto]["plain"] if plain else {}, f"protocol {proto} (plain)"),
+              (PROFILES[prof], f"profile {prof}"), (file_flat, path), (dict(pairs), "--set")]
+    for values, source in layers:
+        for key, value in values.items():
+            if key not in ("profile", "protocol"):
+                _set(cfg, key, value, source)
+    backbone = cfg["model"]["backbone"]
+    cfg["model"]["backbone"] = PROTOCOLS[proto]["backbones"].get(backbone, backbone)
     return validate(cfg)
 
 
 def validate(cfg):
     """Check types and ranges; return `cfg`. Bad values end in one clear message."""
-    from .data import DATASETS
-    from .losses import SCHEMES
-    from .preprocessing import MODES
-    from .registry import get_spec
+    from .checks import check_config
 
-    def bad(key, why):
-        raise ElasticKerasError(f"config {key}: {why}, got {_get(cfg, key)!r}")
-
-    m, d, t = cfg["model"], cfg["data"], cfg["train"]
-    if not cfg["name"] or not isinstance(cfg["name"], str) or "/" in cfg["name"]:
-        bad("name", "needs a run name without '/'")
-    if m["backbone"] is None:
-        bad("model.backbone", "is required")
-    spec = get_spec(m["backbone"])
-    if m["input_size"] == "min":
-        m["input_size"] = spec.min_input_size
-    if not isinstance(m["input_size"], int) or m["input_size"] < spec.min_input_size:
-        bad("model.input_size", f"must be an integer >= {spec.min_input_size} or 'min'")
-    if m["bn_momentum"] is not None and (not isinstance(m["bn_momentum"], float)
-                                         or not 0 < m["bn_momentum"] < 1):
-        bad("model.bn_momentum", "must be null or a number in (0, 1)")
-    if not isinstance(m["plain"], bool):
-        bad("model.plain", "must be true or false")
-    if not isinstance(m["dropout"], (int, float)) or not 0 <= m["dropout"] < 1:
-        bad("model.dropout", "must be in [0, 1)")
-    if m["preprocess"] not in MODES:
-        bad("model.preprocess", f"must be one of {MODES}")
-    if m["weights"] not in ("imagenet", None) and not isinstance(m["weights"], str):
-        bad("model.weights", "must be 'imagenet', null or a file path")
-    if d["dataset"] not in DATASETS:
-        bad("data.dataset", f"must be one of {DATASETS}")
-    if not isinstance(d["val_fraction"], float) or not 0 < d["val_fraction"] < 1:
-        bad("data.val_fraction", "must be a number in (0, 1)")
-    for key in ("train_limit", "test_limit", "num_classes"):
-        if d[key] is not None and (not isinstance(d[key], int) or d[key] < 2):
-            bad(f"data.{key}", "must be null or an integer >= 2")
-    w = cfg["loss"]["weights"]
-    if not (w in SCHEMES or isinstance(w, list)):
-        bad("loss.weights", f"must be one of {SCHEMES} or a list of numbers")
-    for key in ("seed", "batch_size", "eval_batch_size"):
-        if not isinstance(t[key], int) or t[key] < (0 if key == "seed" else 1):
-            bad(f"train.{key}", "must be a non-negative integer" if key == "seed"
-                else "must be a positive integer")
-    if not isinstance(t["momentum"], (int, float)) or not 0 <= t["momentum"] < 1:
-        bad("train.momentum", "must be in [0, 1)")
-    if not cfg["phases"]:
-        bad("phases", "needs at least one phase")
-    for name, ph in cfg["phases"].items():
-        if ph["trainable"] not in TRAINABLE:
-            bad(f"phases.{name}.trainable", f"must be one of {TRAINABLE}")
-        if not isinstance(ph["epochs"], int) or ph["epochs"] < 0:
-            bad(f"phases.{name}.epochs", "must be an integer >= 0")
-        if not isinstance(ph["lr"], (int, float)) or not ph["lr"] > 0:
-            bad(f"phases.{name}.lr", "must be a positive number")
-        if not isinstance(ph["patience"], int) or ph["patience"] < 1:
-            bad(f"phases.{name}.patience", "must be a positive integer")
-        if not isinstance(ph["factor"], (int, float)) or not 0 < ph["factor"] < 1:
-            bad(f"phases.{name}.factor", "must be in (0, 1)")
+    check_config(cfg)
     return cfg
 
 
-def _get(cfg, key):
+def get(cfg, key):
+    """The value at dotted `key` of `cfg` (None when absent)."""
     node = cfg
     for part in key.split("."):
         node = node.get(part) if isinstance(node, dict) else None

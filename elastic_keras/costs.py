@@ -3,6 +3,7 @@
 import math
 
 from .errors import ElasticKerasError
+from .internals import graph_nodes
 
 CONVENTIONS = ("full", "bai")
 
@@ -12,23 +13,6 @@ def _layer_types():
 
     L = keras.layers
     return L.Conv2D, L.DepthwiseConv2D, L.SeparableConv2D, L.Dense
-
-
-def node_of(tensor):
-    """The graph node that produced `tensor`."""
-    op, node_index, _ = tensor._keras_history
-    return op._inbound_nodes[node_index]
-
-
-def graph_nodes(outputs):
-    """Every graph node that `outputs` (a list of KerasTensors) depend on."""
-    seen, stack = {}, list(outputs)
-    while stack:
-        node = node_of(stack.pop())
-        if id(node) not in seen:
-            seen[id(node)] = node
-            stack.extend(node.input_tensors)
-    return list(seen.values())
 
 
 def _prod(shape):
@@ -92,6 +76,8 @@ def cost_of(outputs, convention="full"):
     layers = {id(n.operation): n.operation for n in nodes}
     return dict(
         conv_layers=sum(_conv_count(op) for op in layers.values()),
-        params=int(sum(op.count_params() for op in layers.values() if op.built)),
+        # Bare operations in a graph (`x + y` in MobileNetV3, ConvNeXt) hold no weights.
+        params=int(sum(op.count_params() for op in layers.values()
+                       if getattr(op, "built", False) and hasattr(op, "count_params"))),
         macs=int(sum(node_macs(n, convention) for n in nodes)),
     )

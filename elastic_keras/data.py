@@ -10,6 +10,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .checks import check_int, check_number
 from .errors import ElasticKerasError
 
 DATASETS = ("cifar10", "cifar100", "digits", "synthetic")
@@ -60,6 +61,13 @@ class Splits:
     val_indices: np.ndarray
 
 
+def load_data(d):
+    """The dataset and split described by a config's `data` section."""
+    return load_dataset(d["dataset"], data_dir=d["data_dir"], val_fraction=d["val_fraction"],
+                        seed=d["seed"], num_classes=d["num_classes"],
+                        train_limit=d["train_limit"], test_limit=d["test_limit"])
+
+
 def load_dataset(name, data_dir=None, val_fraction=0.2, seed=0, num_classes=None,
                  train_limit=None, test_limit=None):
     """Load `name` and split its official training set 80/20, stratified and seeded.
@@ -71,15 +79,11 @@ def load_dataset(name, data_dir=None, val_fraction=0.2, seed=0, num_classes=None
     if name not in DATASETS:
         raise ElasticKerasError(
             f"unknown dataset {name!r} (data.dataset); valid: {', '.join(DATASETS)}")
-    if isinstance(val_fraction, bool) or not isinstance(val_fraction, (int, float)) \
-            or not 0 < val_fraction < 1:
-        raise ElasticKerasError(
-            "val_fraction (data.val_fraction) must be a number in (0, 1); "
-            f"received {val_fraction!r}")
-    seed = _check_int("seed (data.seed)", seed, 0)
-    train_limit = _check_int("train_limit (data.train_limit)", train_limit, 2, optional=True)
-    test_limit = _check_int("test_limit (data.test_limit)", test_limit, 1, optional=True)
-    num_classes = _check_int("num_classes (data.num_classes)", num_classes, 2, optional=True)
+    check_number("val_fraction (data.val_fraction)", val_fraction, 0, 1, low_open=True)
+    seed = check_int("seed (data.seed)", seed, 0)
+    train_limit = check_int("train_limit (data.train_limit)", train_limit, 2, optional=True)
+    test_limit = check_int("test_limit (data.test_limit)", test_limit, 1, optional=True)
+    num_classes = check_int("num_classes (data.num_classes)", num_classes, 2, optional=True)
 
     # Each source gives a training pool, a test set, and the pool's indices into its arrays.
     if name == "synthetic":
@@ -153,56 +157,6 @@ def indices_sha256(indices):
     """sha256 of sorted indices written as decimal ASCII joined by ',' (language-neutral)."""
     text = ",".join(str(int(i)) for i in np.sort(np.asarray(indices)))
     return hashlib.sha256(text.encode("ascii")).hexdigest()
-
-
-def batches(x, y, batch_size, shuffle=False, seed=0, epoch=0):
-    """Stream (uint8 images, int32 labels) batches at native size (PAPER.md section 5).
-
-    Arrays are sliced per batch in a generator, never embedded in the graph and never
-    resized here (the model resizes in-graph). With `shuffle`, the order is a numpy
-    permutation seeded by (seed, epoch), so a resumed run sees the same order.
-    The last partial batch is kept.
-    """
-    import tensorflow as tf
-
-    if not isinstance(x, np.ndarray) or x.ndim != 4 or x.dtype != np.uint8:
-        raise ElasticKerasError(
-            f"batches: x must be a uint8 array (N, H, W, C); received "
-            f"{type(x).__name__} {getattr(x, 'dtype', '')} {getattr(x, 'shape', '')}")
-    y = np.asarray(y)
-    if y.shape != (len(x),):
-        raise ElasticKerasError(
-            f"batches: y must have shape ({len(x)},) to match x; received {y.shape}")
-    batch_size = _check_int("batch_size", batch_size, 1)
-    seed = _check_int("seed", seed, 0)
-    epoch = _check_int("epoch", epoch, 0)
-    y = y.astype(np.int32, copy=False)
-    n = len(x)
-    order = np.random.default_rng([seed, epoch]).permutation(n) if shuffle else None
-
-    def generate():
-        for start in range(0, n, batch_size):
-            if order is None:
-                yield x[start:start + batch_size], y[start:start + batch_size]
-            else:
-                index = order[start:start + batch_size]
-                yield x[index], y[index]
-
-    ds = tf.data.Dataset.from_generator(generate, output_signature=(
-        tf.TensorSpec((None, *x.shape[1:]), tf.uint8), tf.TensorSpec((None,), tf.int32)))
-    ds = ds.apply(tf.data.experimental.assert_cardinality(-(-n // batch_size)))
-    return ds.prefetch(tf.data.AUTOTUNE)
-
-
-def _check_int(what, value, minimum, optional=False):
-    """`value` as an int >= minimum (None passes when optional)."""
-    if value is None and optional:
-        return None
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
-        raise ElasticKerasError(
-            f"{what} must be {'null or ' if optional else ''}an integer >= {minimum}; "
-            f"received {value!r}")
-    return int(value)
 
 
 def _two_way(labels, held, seed):

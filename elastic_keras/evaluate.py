@@ -3,37 +3,74 @@
 The checkpoint is the one with the lowest validation loss over the run (FIDELITY.md T4).
 """
 
-from . import io
-from .runs import RESULTS
+from .rundir import TRAINED, RunDir, open_run
 
 
-def evaluate(run, data=None, log=print):
-    """Evaluate `run` (a Run) on its test set; write results.json atomically; return run.
+def evaluate_run(run: RunDir, net, data, state, log=print):
+    """Evaluate a trained run on its test set and write results.json (under the run's lock).
 
-    `data`: the run's already loaded dataset (as train passes it), else loaded here."""
-    from .data import batches
+    net: the run's network (its weights are replaced by the best checkpoint's); data: its
+    loaded dataset. Returns the results.
+    """
+    from .batches import Batches
+    from .environment import describe
     from .models import exit_info
-    from .step import ExitTrainer
+    from .trainer import ExitTrainer, named
 
     cfg = run.config
-    data = data or run.load_data()
-    net = run.load_model()
-    best = run.best_checkpoint()
+    best = run.best_checkpoint(state)
+    run.load_weights(net, best)
     trainer = ExitTrainer(net, [1.0] * len(net.outputs))
     trainer.compile()
-    logs = trainer.evaluate(batches(data.x_test, data.y_test, cfg["train"]["eval_batch_size"]),
-                            verbose=0, return_dict=True)
+    logs = named(trainer.evaluate(Batches(data.x_test, data.y_test,
+                                          cfg["train"]["eval_batch_size"]),
+                                  verbose=0, return_dict=True), trainer.exit_names)
     exits = []
     for e in exit_info(net):
         acc = float(logs[f"{e.output}_accuracy"])
         exits.append({**e.as_dict(), "test_accuracy": acc,
                       "test_error_pct": round(100.0 * (1.0 - acc), 4),
                       "test_loss": float(logs[f"{e.output}_loss"])})
-    results = {"name": cfg["name"], "profile": cfg["profile"], "dataset": cfg["data"]["dataset"],
+    env = describe()
+    results = {"name": cfg["name"], "profile": cfg["profile"], "protocol": cfg["protocol"],
+               "dataset": cfg["data"]["dataset"], "backend": env["backend"],
+               "device": env["device"], "versions": env["versions"],
+               "trained_on": sorted({f"{s['backend']} / {s['device']}"
+                                     for s in state.get("sessions", [])}),
                "config": cfg, "test_images": len(data.y_test),
+               "epochs": len(state["history"]),
                "checkpoint": {k: best[k] for k in ("epoch", "phase", "val_loss")},
                "exits": exits, "final_test_error_pct": exits[-1]["test_error_pct"]}
-    io.write_json(run.path(RESULTS), results)
+    run.write_results(state, results)
     log(f"[{cfg['name']}] test error of each exit (%): "
         + ", ".join(f"{e['output']} {e['test_error_pct']:.2f}" for e in exits))
-    return run
+    return results
+
+
+def trained_model(run):
+    """(network with the run's best weights, its data) of a trained run."""
+    from .data import load_data
+    from .models import model_from_config
+
+    cfg = run.config
+    data = load_data(cfg["data"])
+    net = model_from_config(cfg, data.num_classes, data.x_train.shape[1:],
+                            initial_weights=False)
+    run.load_weights(net, run.best_checkpoint())
+    return net, data
+
+
+def evaluate(path, log=print):
+    """Re-evaluate a trained run directory (the `evaluate` command). A run that has not
+    finished training is refused: its numbers would read as a result."""
+    from .data import load_data
+    from .models import model_from_config
+
+    run = open_run(path)
+    with run.lock(wait=False):
+        run.require(TRAINED, "evaluate it")
+        cfg, state = run.config, run.state
+        data = load_data(cfg["data"])
+        net = model_from_config(cfg, data.num_classes, data.x_train.shape[1:],
+                                initial_weights=False)
+        return evaluate_run(run, net, data, state, log)

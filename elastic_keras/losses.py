@@ -1,31 +1,45 @@
 """Exit loss weights: L_total = sum_i w_i * CE_i (paper eq. 2 and companion papers)."""
 
+from __future__ import annotations
+
 import math
 
+from .checks import is_number
 from .errors import ElasticKerasError
 
-SCHEMES = ("uniform", "second_half", "auxnet")
+SCHEMES = ("uniform", "second_half", "auxnet", "auxnet_final")
 
 
-def loss_weights(scheme, num_outputs, depths=None, nu=2.0):
+def _auxnet(depths, nu, reference):
+    """AuxNet's gamma_k = max(0.01, (L_k / reference) ** nu) for the auxiliary exits, 1 for
+    the final one."""
+    return [max(0.01, (d / reference) ** nu) for d in depths[:-1]] + [1.0]
+
+
+def loss_weights(scheme, num_outputs: int, depths=None, nu: float = 2.0) -> list[float]:
     """Weights of the `num_outputs` exit losses, in depth order (final exit last).
 
     - "uniform": w_i = 1 for every exit (the paper, section III-A).
     - "second_half": Bai et al.: w_p = 0 for p < ceil(P/2) (1-based), 1 after; this gives
       their first weighted exits 9 (ResNet-50, 17 outputs), 7 (MobileNet, 13), 6 (InceptionV3, 11).
-    - "auxnet": AuxNet: final 1, exit k max(0.01, (L_k / L_K) ** nu), L_k the number of
-      convolution layers up to exit k (`depths`).
+    - "auxnet": AuxNet as written: final exit 1, auxiliary exit k
+      max(0.01, (L_k / L_K) ** nu) over the K auxiliary exits, L_K the deepest auxiliary
+      exit's depth (so it weighs 1); L_k = convolution layers up to exit k (`depths`).
+      nu >= 0; nu = 0 gives uniform weights.
+    - "auxnet_final": the same with L_K read as the final exit's depth.
     - a list/tuple of numbers: used as given; length and signs are checked.
     (FIDELITY.md L3.)
     """
-    if num_outputs < 1:
-        raise ElasticKerasError(f"num_outputs must be >= 1, got {num_outputs}")
+    if isinstance(num_outputs, bool) or not isinstance(num_outputs, int) or num_outputs < 1:
+        raise ElasticKerasError(f"num_outputs must be an integer >= 1, got {num_outputs!r}")
     if isinstance(scheme, (list, tuple)):
+        if not all(is_number(w) for w in scheme):
+            raise ElasticKerasError(f"loss weights must be finite numbers, got {list(scheme)}")
         weights = [float(w) for w in scheme]
         if len(weights) != num_outputs:
             raise ElasticKerasError(
                 f"loss weights: got {len(weights)} weights for a model with {num_outputs} outputs")
-        if any(not math.isfinite(w) or w < 0 for w in weights):
+        if any(w < 0 for w in weights):
             raise ElasticKerasError(f"loss weights must be finite and >= 0, got {weights}")
         if sum(weights) == 0:
             raise ElasticKerasError("loss weights are all zero: nothing would be trained")
@@ -35,12 +49,14 @@ def loss_weights(scheme, num_outputs, depths=None, nu=2.0):
     if scheme == "second_half":
         first = math.ceil(num_outputs / 2)
         return [0.0 if p < first else 1.0 for p in range(1, num_outputs + 1)]
-    if scheme == "auxnet":
+    if scheme in ("auxnet", "auxnet_final"):
         if depths is None or len(depths) != num_outputs:
-            raise ElasticKerasError("loss weights 'auxnet' needs the depth of every exit")
-        if not (nu > 0 and math.isfinite(nu)):
-            raise ElasticKerasError(f"auxnet nu must be a positive number, got {nu}")
-        last = depths[-1]
-        return [max(0.01, (d / last) ** nu) for d in depths[:-1]] + [1.0]
+            raise ElasticKerasError(f"loss weights {scheme!r} needs the depth of every exit")
+        if not is_number(nu) or nu < 0:
+            raise ElasticKerasError(f"auxnet nu must be a number >= 0, got {nu!r}")
+        if num_outputs == 1:
+            return [1.0]
+        reference = depths[-2] if scheme == "auxnet" else depths[-1]
+        return _auxnet(depths, nu, reference)
     raise ElasticKerasError(
         f"unknown loss weights {scheme!r}; valid: {', '.join(SCHEMES)} or a list of numbers")

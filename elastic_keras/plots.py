@@ -150,10 +150,10 @@ def save_figure(fig, out, dpi=120):
     """Write `fig` to the PNG `out` atomically (no timestamp metadata), close it, return out."""
     import matplotlib.pyplot as plt
 
-    from . import io
+    from . import files
 
     fig.tight_layout()
-    with io.atomic_path(out, suffix=".png") as tmp:
+    with files.atomic_path(out, suffix=".png") as tmp:
         fig.savefig(tmp, format="png", dpi=dpi, metadata={"Software": None})
     plt.close(fig)
     return out

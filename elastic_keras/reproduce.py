@@ -6,7 +6,7 @@ import time
 from .config import load_config
 from .errors import ElasticKerasError
 from .registry import TABLE1_BACKBONES
-from .runs import Run, run_dir_for
+from .rundir import RunDir, run_dir_for
 
 CONFIG_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
                           "configs", "table1")
@@ -62,26 +62,26 @@ def run_configs(table, profile="paper", data=None, data_dir=None, weights=None, 
 
 
 def reproduce(table, profile="paper", data=None, data_dir=None, weights=None, runs=None,
-              runs_root="runs", out_dir="results", paper_dir=None, extra=(), verbose=2,
+              runs_root="runs", out_dir="results", paper_dir=None, extra=(), allow_cpu=False,
               log=print):
     """Train what is not finished (resuming partial runs), then write the tables."""
-    from . import io
+    from . import files
     from .tables import write_tables
     from .train import train
 
     configs, skipped = run_configs(table, profile, data, data_dir, weights, runs, extra)
     for name in skipped:
         log(f"skip {name}: dataset {data} has 10 classes, this cell needs more")
-    io.write_json(os.path.join(runs_root, "last.json"), {"profile": profile, "data": data})
+    files.write_json(os.path.join(runs_root, "last.json"), {"profile": profile, "data": data})
     took = []
     for i, cfg in enumerate(configs, 1):
-        run = Run(run_dir_for(cfg, runs_root))
+        run = RunDir(run_dir_for(cfg, runs_root))
         done = (f"; {len(took)} done, {_fmt(sum(s for _, s in took))} of training, last "
                 f"{took[-1][0]} {_fmt(took[-1][1])}") if took else ""
         log(f"=== [{i}/{len(configs)}] {cfg['name']} ({profile} profile, data "
             f"{cfg['data']['dataset']}){done}")
         start = time.time()
-        train(cfg, runs_root=runs_root, verbose=verbose, log=log)
+        train(cfg, runs_root=runs_root, log=log, allow_cpu=allow_cpu)
         took.append((cfg["name"], _train_seconds(run) if run.finished else time.time() - start))
     log(f"=== {len(configs)} runs finished, {_fmt(sum(s for _, s in took))} of training:")
     for name, seconds in took:

@@ -5,10 +5,10 @@ import io as _io
 import math
 import os
 
-from . import io
+from . import files
 from .errors import ElasticKerasError
 from .registry import TABLE1_BACKBONES, get_spec
-from .runs import HISTORY, RESULTS
+from .rundir import HISTORY, RunDir
 
 DATASETS = ("cifar10", "cifar100")  # Table I's column groups, in the paper's order
 DATASET_TITLES = {"cifar10": "CIFAR-10", "cifar100": "CIFAR-100"}
@@ -45,9 +45,10 @@ def load_run(runs_root, profile, dataset_tag, dataset, name):
     path = run_path(runs_root, profile, dataset_tag, dataset, name)
     if not os.path.isdir(path):
         return MISSING, None
-    if not os.path.isfile(os.path.join(path, RESULTS)):
+    run = RunDir(path)
+    if not run.finished:
         return UNFINISHED, None
-    res = io.read_json(os.path.join(path, RESULTS))
+    res = run.results
     expected = {"profile": profile, "dataset": dataset_tag or dataset}
     for key, want in expected.items():
         if key in res and res[key] != want:
@@ -425,8 +426,8 @@ def write_tables(runs_root, profile, dataset_tag=None, out_dir="results", paper_
             ("table2", t2, table2_markdown, T2_FORMATS.get, p2)):
         csv_path = os.path.join(out_dir, f"{prefix}{key}.csv")
         md_path = os.path.join(out_dir, f"{prefix}{key}.md")
-        io.write_text(csv_path, to_csv_text(df, decimals))
-        io.write_text(md_path, md(df, profile, dataset_tag, runs_root, paper_csv))
+        files.write_text(csv_path, to_csv_text(df, decimals))
+        files.write_text(md_path, md(df, profile, dataset_tag, runs_root, paper_csv))
         out[key] = df
         out[f"{key}_csv"], out[f"{key}_md"] = csv_path, md_path
     return out

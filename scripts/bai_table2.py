@@ -103,7 +103,7 @@ def main(argv=None):
                         f"else <repo>/../shared/reference)")
     p.add_argument("--out-dir", default=os.path.join(REPO, "results"))
     args = p.parse_args(argv)
-    from elastic_keras import io
+    from elastic_keras import files
 
     paper_path = os.path.join(args.paper_dir or default_paper_dir(), PAPER_FILE)
     paper = read_paper(paper_path)
@@ -177,8 +177,8 @@ def main(argv=None):
         w.writerow({k: ("" if r[k] is None else r[k]) for k in COLUMNS})
     csv_path = os.path.join(args.out_dir, "bai_table2.csv")
     md_path = os.path.join(args.out_dir, "bai_table2.md")
-    io.write_text(csv_path, buf.getvalue())
-    io.write_text(md_path, _markdown(rows, variant_lines, check, paper_path, paper is not None))
+    files.write_text(csv_path, buf.getvalue())
+    files.write_text(md_path, _markdown(rows, variant_lines, check, paper_path, paper is not None))
     print(f"wrote {csv_path}, {md_path}")
     print(check)
     return 0 if ok else 1

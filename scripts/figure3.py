@@ -14,7 +14,7 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from elastic_keras import io  # noqa: E402
+from elastic_keras import files  # noqa: E402
 from elastic_keras.cli import run_script  # noqa: E402
 from elastic_keras.errors import ElasticKerasError  # noqa: E402
 from elastic_keras.tables import (default_prefix, is_reproduction, read_history,  # noqa: E402
@@ -68,7 +68,7 @@ def main(argv=None):
     last = os.path.join(args.runs_root, "last.json")
     if args.profile is None:
         if os.path.isfile(last):
-            prev = io.read_json(last)
+            prev = files.read_json(last)
             args.profile, args.dataset_tag = prev["profile"], args.dataset_tag or prev["data"]
             print(f"using profile {args.profile}, data {args.dataset_tag or DATASET} "
                   f"(the last reproduce; PROFILE=... DATA=... choose others)")

@@ -18,7 +18,7 @@ import tempfile
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
-from elastic_keras import io  # noqa: E402
+from elastic_keras import files  # noqa: E402
 from elastic_keras.errors import ElasticKerasError  # noqa: E402
 
 KERNEL = "elastic-keras-python3"
@@ -68,7 +68,7 @@ def run_notebook(path, run_dir=None, output=None, timeout=600, cwd=REPO):
                 else:
                     os.environ[k] = v
     if output:
-        io.write_text(output, nbformat.writes(nb))
+        files.write_text(output, nbformat.writes(nb))
     return nb
 
 

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from elastic_keras import data as D
+from elastic_keras.batches import Batches
 from elastic_keras.errors import ElasticKerasError
 
 
@@ -263,47 +264,54 @@ def test_bad_arguments_name_what_was_received(tmp_path, offline):
     with pytest.raises(ElasticKerasError, match="train_limit.*received 'x'"):
         D.load_dataset("digits", train_limit="x")
     with pytest.raises(ElasticKerasError, match="batch_size.*received 0"):
-        D.batches(np.zeros((2, 8, 8, 3), np.uint8), np.zeros(2), 0)
+        Batches(np.zeros((2, 8, 8, 3), np.uint8), np.zeros(2), 0)
 
 
 # --- batches ----------------------------------------------------------------------------------
 
 def _collect(ds):
-    xs, ys = zip(*[(x.numpy(), y.numpy()) for x, y in ds])
+    xs, ys = zip(*[ds[i] for i in range(len(ds))])
     return xs, ys
 
 
+@pytest.mark.backends
 def test_batches_stream_native_uint8_in_a_seeded_order():
     n = 50
     x = np.arange(n, dtype=np.uint8)[:, None, None, None] * np.ones((1, 8, 8, 3), np.uint8)
     y = np.arange(n)
-    xs, ys = _collect(D.batches(x, y, 16))
+    xs, ys = _collect(Batches(x, y, 16))
     assert [len(b) for b in ys] == [16, 16, 16, 2]  # last partial batch kept
     assert xs[0].dtype == np.uint8 and xs[0].shape == (16, 8, 8, 3) and ys[0].dtype == np.int32
     np.testing.assert_array_equal(np.concatenate(ys), y)
-    order = lambda **kw: np.concatenate(_collect(D.batches(x, y, 16, shuffle=True, **kw))[1])
+    order = lambda **kw: np.concatenate(_collect(Batches(x, y, 16, shuffle=True, **kw))[1])
     first = order(seed=0, epoch=1)
     np.testing.assert_array_equal(np.sort(first), y)
     np.testing.assert_array_equal(first, order(seed=0, epoch=1))  # resumed run: same order
     assert not np.array_equal(first, order(seed=0, epoch=2))
     assert not np.array_equal(first, order(seed=1, epoch=1))
     # Images travel with their labels.
-    xs, ys = _collect(D.batches(x, y, 16, shuffle=True, epoch=1))
+    xs, ys = _collect(Batches(x, y, 16, shuffle=True, epoch=1))
     np.testing.assert_array_equal(np.concatenate(xs)[:, 0, 0, 0], np.concatenate(ys))
+    with pytest.raises(IndexError):
+        Batches(x, y, 16)[4]
+    with pytest.raises(ElasticKerasError, match="batch_size must be an integer >= 1"):
+        Batches(x, y, True)
+    with pytest.raises(ElasticKerasError, match="uint8"):
+        Batches(x.astype(np.float32), y, 16)
 
 
-def test_batches_keep_arrays_out_of_the_graph_and_fit_one_epoch():
-    x = np.zeros((4000, 32, 32, 3), np.uint8)  # 12 MB: would show up as a graph constant
-    ds = D.batches(x, np.zeros(4000, np.int32), 256)
-    assert len(ds._as_serialized_graph().numpy()) < 100_000
-    assert int(ds.cardinality()) == 16
+@pytest.mark.backends
+def test_batches_share_the_arrays_and_fit_one_epoch():
+    x = np.zeros((4000, 32, 32, 3), np.uint8)
+    ds = Batches(x, np.zeros(4000, np.int32), 256)
+    assert ds.x is x and len(ds) == 16  # no copy of the dataset, 224 px or otherwise
     s = D.load_dataset("digits", train_limit=200)
     model = keras.Sequential([keras.Input((8, 8, 3), dtype="uint8"),
                               keras.layers.Rescaling(1 / 255),
                               keras.layers.Flatten(), keras.layers.Dense(10)])
     model.compile("sgd", keras.losses.SparseCategoricalCrossentropy(from_logits=True))
     for epoch in (1, 2):
-        hist = model.fit(D.batches(s.x_train, s.y_train, 32, shuffle=True, epoch=epoch),
-                         validation_data=D.batches(s.x_val, s.y_val, 64), epochs=1, shuffle=False,
+        hist = model.fit(Batches(s.x_train, s.y_train, 32, shuffle=True, epoch=epoch),
+                         validation_data=Batches(s.x_val, s.y_val, 64), epochs=1, shuffle=False,
                          verbose=0)
         assert np.isfinite(hist.history["val_loss"][-1])

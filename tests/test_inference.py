@@ -10,10 +10,13 @@ import numpy as np
 import pytest
 
 from elastic_keras import REGISTRY, ElasticKerasError, build_model, elastify, exit_info, get_spec
-from elastic_keras.inference import (Cascade, budget_sweep, thresholds_from_validation,
-                                     truncated_predictor, write_budget)
+from elastic_keras.budget import budget_sweep, thresholds_from_validation, write_budget
+from elastic_keras.cascade import Cascade
+from elastic_keras.predictors import truncated_predictor
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# The cascade's one traced TensorFlow graph, and the per-segment path of the other backends.
+GRAPHS = [True, False] if keras.backend.backend() == "tensorflow" else [False]
 
 
 # ---------------------------------------------------------------------------------------
@@ -37,6 +40,7 @@ def registry_models():
     return get
 
 
+@pytest.mark.backends
 @pytest.mark.parametrize("name", sorted(REGISTRY))
 def test_truncated_predictors_match_the_full_model(name, registry_models):
     model, x, full = registry_models(name)
@@ -163,9 +167,11 @@ def test_tiny_model_macs_are_counted_by_hand(tiny):
     assert Cascade(model).path_macs == PATH_MACS
 
 
-def test_cascade_extreme_thresholds(tiny):
+@pytest.mark.backends
+@pytest.mark.parametrize("graph", GRAPHS, ids=lambda g: "tf-graph" if g else "segments")
+def test_cascade_extreme_thresholds(tiny, graph):
     model, x, probs = tiny
-    cascade = Cascade(model, "max_prob", threshold=0.0)
+    cascade = Cascade(model, "max_prob", threshold=0.0, graph=graph)
     r = cascade(x)  # everyone leaves at exit 1
     assert (r.exits == 1).all() and r.entered == [len(x), 0, 0]
     np.testing.assert_allclose(r.probabilities, probs[0], atol=1e-6)
@@ -177,13 +183,15 @@ def test_cascade_extreme_thresholds(tiny):
     np.testing.assert_allclose(r.probabilities, probs[-1], atol=1e-6)
     np.testing.assert_array_equal(r.predictions, probs[-1].argmax(axis=1))
     assert r.mean_macs == PATH_MACS[-1]
-    entropy = Cascade(model, "entropy", threshold=-1.0)  # entropy is never negative
+    entropy = Cascade(model, "entropy", threshold=-1.0, graph=graph)  # never negative
     assert (entropy(x).exits == 3).all()
     assert (entropy(x, threshold=np.log(C) + 1).exits == 1).all()
 
 
+@pytest.mark.backends
+@pytest.mark.parametrize("graph", GRAPHS, ids=lambda g: "tf-graph" if g else "segments")
 @pytest.mark.parametrize("criterion", ["max_prob", "entropy"])
-def test_cascade_routes_and_costs_match_the_exits_taken(tiny, criterion):
+def test_cascade_routes_and_costs_match_the_exits_taken(tiny, criterion, graph):
     model, x, probs = tiny
     if criterion == "max_prob":
         conf = np.concatenate([p.max(axis=1) for p in probs[:-1]])
@@ -192,7 +200,7 @@ def test_cascade_routes_and_costs_match_the_exits_taken(tiny, criterion):
     threshold = _between(conf)
     expected = _expected_exits(probs, criterion, threshold)
     assert len(set(expected)) == 3, "the threshold should send images to every exit"
-    r = Cascade(model, criterion, threshold)(x)
+    r = Cascade(model, criterion, threshold, graph=graph)(x)
     np.testing.assert_array_equal(r.exits, expected)
     taken = np.stack(probs)[expected - 1, np.arange(len(x))]
     np.testing.assert_allclose(r.probabilities, taken, atol=1e-5)
@@ -205,7 +213,7 @@ def test_cascade_routes_and_costs_match_the_exits_taken(tiny, criterion):
                 for k, n in enumerate(r.entered))
     assert r.mean_macs == pytest.approx(spent / len(x))
     # Batching does not change the answer.
-    b = Cascade(model, criterion, threshold).predict(x, batch_size=20)
+    b = Cascade(model, criterion, threshold, graph=graph).predict(x, batch_size=20)
     np.testing.assert_array_equal(b.exits, r.exits)
     assert len(b.batch_mean_macs) == 3 and b.mean_macs == pytest.approx(r.mean_macs)
 

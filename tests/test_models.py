@@ -26,6 +26,7 @@ def test_registry_covers_the_paper_and_unknown_names_list_valid_ones():
         get_spec("densenet12")
 
 
+@pytest.mark.backends
 @pytest.mark.parametrize("plain", [False, True], ids=["elastic", "plain"])
 @pytest.mark.parametrize("name", sorted(REGISTRY))
 def test_every_registered_model_builds_runs_and_round_trips(name, plain, tmp_path):
@@ -177,9 +178,16 @@ def test_loss_weights():
     for n, first in ((17, 9), (13, 7), (11, 6), (14, 7)):
         w = loss_weights("second_half", n)
         assert w.index(1.0) == first - 1 and all(w[first - 1:])
+    # AuxNet as written: L_K is the deepest *auxiliary* exit (weight 1), final exit 1.
     aux = loss_weights("auxnet", 3, depths=[10, 20, 40], nu=2.0)
-    assert aux == pytest.approx([max(0.01, 0.0625), 0.25, 1.0])
-    assert loss_weights("auxnet", 2, depths=[1, 100], nu=2)[0] == 0.01
+    assert aux == pytest.approx([0.25, 1.0, 1.0])
+    assert loss_weights("auxnet_final", 3, depths=[10, 20, 40], nu=2.0) == \
+        pytest.approx([0.0625, 0.25, 1.0])  # the other reading, by name
+    assert loss_weights("auxnet", 4, depths=[14, 39, 104, 168], nu=0) == [1.0] * 4
+    assert loss_weights("auxnet", 3, depths=[1, 100, 200], nu=2)[0] == 0.01
+    assert loss_weights("auxnet", 1, depths=[168], nu=2) == [1.0]  # a plain model
+    with pytest.raises(ElasticKerasError, match="nu must be a number >= 0"):
+        loss_weights("auxnet", 4, depths=[14, 39, 104, 168], nu=-1)
     assert loss_weights([0.5, 1], 2) == [0.5, 1.0]
     with pytest.raises(ElasticKerasError, match="got 3 weights for a model with 2 outputs"):
         loss_weights([1, 1, 1], 2)

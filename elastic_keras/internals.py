@@ -1,0 +1,74 @@
+"""Every touch of a private Keras attribute, in one place (Keras 3.15)."""
+
+import random
+
+import numpy as np
+
+
+def node_of(tensor):
+    """The graph node that produced the KerasTensor `tensor` (`_keras_history`,
+    `_inbound_nodes`)."""
+    op, node_index, _ = tensor._keras_history
+    return op._inbound_nodes[node_index]
+
+
+def graph_nodes(outputs):
+    """Every graph node that `outputs` (a list of KerasTensors) depend on."""
+    seen, stack = {}, list(outputs)
+    while stack:
+        node = node_of(stack.pop())
+        if id(node) not in seen:
+            seen[id(node)] = node
+            stack.extend(node.input_tensors)
+    return list(seen.values())
+
+
+def outputs_in_graph(outputs, names):
+    """{layer name: the one tensor it produces in the graph of `outputs`}; a layer called
+    more than once there (or with several outputs) maps to None."""
+    found = {}
+    for node in graph_nodes(outputs):
+        name = node.operation.name
+        if name in names:
+            single = len(node.output_tensors) == 1 and name not in found
+            found[name] = node.output_tensors[0] if single else None
+    return found
+
+
+def reseed(net, seed, epoch):
+    """Set every RNG (Dropout masks, stochastic depth) of `net` from (seed, epoch).
+
+    RNG states are not in weight files; reseeding at each epoch makes a resumed run draw
+    the same masks as an uninterrupted one (FIDELITY.md T7). `_seed_generators` holds
+    the SeedGenerators a layer owns.
+    """
+    for i, layer in enumerate(net._flatten_layers(include_self=False)):
+        for gen in layer._seed_generators:
+            gen.state.assign(np.array([seed * 7919 + epoch * 104729 + i, 0],
+                                      dtype=gen.state.dtype))
+
+
+def seed_everything(seed):
+    """Python, NumPy and Keras' global seeds, without importing TensorFlow.
+
+    `keras.utils.set_random_seed` also seeds TensorFlow whenever it is installed, which
+    imports it even under JAX or PyTorch; under those backends we set what it sets but
+    that (`global_state` is private).
+    """
+    import keras
+
+    if keras.backend.backend() == "tensorflow":
+        keras.utils.set_random_seed(seed)
+        return
+    from keras.src.backend.common import global_state
+    from keras.src.random import seed_generator
+    from keras.src.utils import rng_utils
+
+    global_state.set_global_attribute(rng_utils.GLOBAL_RANDOM_SEED, seed)
+    global_state.set_global_attribute(seed_generator.GLOBAL_SEED_GENERATOR, None)
+    random.seed(seed)
+    np.random.seed(seed)
+    if keras.backend.backend() == "torch":
+        import torch
+
+        torch.manual_seed(seed)
