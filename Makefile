@@ -16,12 +16,19 @@ EXTRA_torch_gpu := torch
 EXTRAS  := $(EXTRA_$(BACKEND)_$(GPU))
 STAMP   := $(VENV)/.installed-$(BACKEND)-$(GPU)
 DEV     := $(VENV)/.installed-dev
+RAY     := $(VENV)/.installed-ray
 export KERAS_BACKEND := $(BACKEND)
 
-# PROFILE: paper (default), smoke or demo. DATA: replace the datasets (synthetic, digits).
-# DATA_DIR: local copy of the official CIFAR files. WEIGHTS: imagenet (default for paper),
-# none, or a folder of Keras' *_notop.h5 files. RUNS: a subset, e.g. RUNS=mobilenet,vgg16.
+# PROFILE: paper (default), smoke or demo. PROTOCOL: paper (default) or authors (what the
+# authors' scripts ran). DATA: replace the datasets (synthetic, digits). DATA_DIR: local
+# copy of the official CIFAR files. WEIGHTS: imagenet (default for paper), none, or a
+# folder of Keras' *_notop.h5 files. RUNS: a subset, e.g. RUNS=mobilenet,vgg16.
+# LAUNCHER: local (default) or ray; GPUS_PER_RUN=0.25 packs four runs on a GPU (ray).
 PROFILE ?=
+PROTOCOL ?=
+LAUNCHER ?=
+GPUS_PER_RUN ?=
+CHECK ?=
 DATA    ?=
 DATA_DIR ?=
 WEIGHTS ?=
@@ -30,41 +37,52 @@ ALLOW_CPU ?=
 
 export TF_CPP_MIN_LOG_LEVEL ?= 3
 
-.PHONY: install test test-all demo reproduce-table1 reproduce-table2 figure3 budget \
-        reproduce-bai-table2 bench clean
+.PHONY: install install-ray test test-all demo reproduce-table1 reproduce-table2 tables \
+        figure3 budget reproduce-bai-table2 bench clean
 
-REPRO_ARGS = --profile $(or $(PROFILE),paper) $(if $(DATA),--data $(DATA)) \
-             $(if $(DATA_DIR),--data-dir $(DATA_DIR)) $(if $(WEIGHTS),--weights $(WEIGHTS)) \
-             $(if $(RUNS),--runs $(RUNS)) $(if $(ALLOW_CPU),--allow-cpu)
+REPRO_ARGS = --profile $(or $(PROFILE),paper) $(if $(PROTOCOL),--protocol $(PROTOCOL)) \
+             $(if $(DATA),--data $(DATA)) $(if $(DATA_DIR),--data-dir $(DATA_DIR)) \
+             $(if $(WEIGHTS),--weights $(WEIGHTS)) $(if $(RUNS),--runs $(RUNS)) \
+             $(if $(ALLOW_CPU),--allow-cpu) $(if $(LAUNCHER),--launcher $(LAUNCHER)) \
+             $(if $(GPUS_PER_RUN),--gpus-per-run $(GPUS_PER_RUN))
+SETTING_ARGS = $(if $(PROFILE),--profile $(PROFILE)) $(if $(PROTOCOL),--protocol $(PROTOCOL)) \
+               $(if $(DATA),--data $(DATA))
 
 # The offline demo: a reduced Table I on scikit-learn's digits (elastic against plain),
 # tables, loss curves and an accuracy-vs-MACs curve under results/demo/.
+EK := $(PY) -m elastic_keras
 DEMO_RUN := runs/demo/digits/cifar10-mobilenet-elastic
 demo: $(STAMP)
-	$(PY) -m elastic_keras reproduce table1 --profile demo --data digits \
-	    --runs mobilenet,densenet121 --out results/demo
-	$(PY) scripts/plot_run.py $(DEMO_RUN) --out results/demo/loss_curves.png
-	$(PY) -m elastic_keras budget $(DEMO_RUN) --out results/demo
+	$(EK) reproduce table1 --profile demo --data digits --runs mobilenet,densenet121 \
+	    --out results/demo
+	$(EK) plot $(DEMO_RUN) --out results/demo/loss_curves.png
+	$(EK) budget $(DEMO_RUN) --out results/demo
 	@echo "demo results: results/demo/ (demo profile on digits: NOT a reproduction)"
 
 # The paper's tables: trains every unfinished run (resuming partial ones), then writes
 # results/table1.{csv,md} / table2.{csv,md}. Interrupt and rerun at will.
-reproduce-table1: $(STAMP)
-	$(PY) -m elastic_keras reproduce table1 $(REPRO_ARGS)
+reproduce-table1: $(STAMP) $(if $(filter ray,$(LAUNCHER)),$(RAY))
+	$(EK) reproduce table1 $(REPRO_ARGS)
 
-reproduce-table2: $(STAMP)
-	$(PY) -m elastic_keras reproduce table2 $(REPRO_ARGS)
+reproduce-table2: $(STAMP) $(if $(filter ray,$(LAUNCHER)),$(RAY))
+	$(EK) reproduce table2 $(REPRO_ARGS)
+
+# The tables again from the finished runs; CHECK=1.0 fails when ours differ from the paper's.
+tables: $(STAMP)
+	$(EK) tables $(SETTING_ARGS) $(if $(CHECK),--check $(CHECK))
 
 # Figure 3 from the CIFAR-10 DenseNet-121 runs' histories (profile/data of the last
 # reproduce unless PROFILE/DATA are given).
 figure3: $(STAMP)
-	$(PY) scripts/figure3.py $(if $(PROFILE),--profile $(PROFILE)) $(if $(DATA),--dataset-tag $(DATA))
+	$(EK) figure3 $(SETTING_ARGS)
 
-# Benchmarks print ratios measured in one run (targets in their last lines).
+# Benchmarks print ratios measured in one run (targets in their last lines); the GPU one
+# (scripts/bench_gpu.py) wants a GPU.
 bench: $(STAMP)
 	$(PY) scripts/bench_exit_overhead.py
 	$(PY) scripts/bench_memory.py
 	$(PY) scripts/bench_exit_latency.py
+	$(PY) scripts/bench_resume.py
 
 install: $(STAMP)
 
@@ -81,23 +99,30 @@ $(DEV): $(STAMP)
 	$(PY) -m pip install --quiet -e ".[dev]"
 	touch $(DEV)
 
-# The suite under TensorFlow, then its backend subset under JAX (CPU build).
+# The suite under TensorFlow, then its backend subset under JAX (CPU build); two workers.
+PYTEST := $(PY) -m pytest -q -n 2 --durations=10
 test: $(DEV)
-	KERAS_BACKEND=tensorflow $(PY) -m pytest -q
-	KERAS_BACKEND=jax $(PY) -m pytest -q -m backends
+	KERAS_BACKEND=tensorflow $(PYTEST)
+	KERAS_BACKEND=jax $(PYTEST) -m backends
 
 test-all: $(DEV)
-	KERAS_BACKEND=tensorflow $(PY) -m pytest -q -m ""
-	KERAS_BACKEND=jax $(PY) -m pytest -q -m backends
+	KERAS_BACKEND=tensorflow $(PYTEST) -m ""
+	KERAS_BACKEND=jax $(PYTEST) -m backends
 
 clean:
 	rm -rf $(VENV) build dist *.egg-info .pytest_cache
 
-# Elastic inference (issue "pay only for the exit you use"): accuracy vs MACs of exit
-# cascades for every finished run under runs/$(PROFILE); thresholds chosen on validation.
+# Elastic inference: accuracy vs MACs of exit cascades for every finished run under
+# runs/$(PROFILE); thresholds chosen on validation.
 budget: $(STAMP)
-	$(PY) scripts/budget_all.py runs/$(or $(PROFILE),paper)
+	$(EK) budget runs/$(or $(PROFILE),paper)$(if $(filter authors,$(PROTOCOL)),-authors)
 
 # Bai et al. Table II (MACs at the first weighted and the last exit), beside the paper's.
 reproduce-bai-table2: $(STAMP)
-	$(PY) scripts/bai_table2.py
+	$(EK) bai-table2
+
+# Ray, for LAUNCHER=ray (an optional extra: the default install and the demo need none).
+install-ray: $(RAY)
+$(RAY): $(STAMP)
+	$(PY) -m pip install --quiet -e ".[ray]"
+	touch $(RAY)

@@ -10,7 +10,8 @@ _LAZY = {
     "BackboneSpec": "registry", "REGISTRY": "registry", "TABLE1_BACKBONES": "registry",
     "get_spec": "registry", "loss_weights": "losses", "ElasticModel": "models",
     "ExitInfo": "models", "build_model": "models", "elastify": "models",
-    "exit_info": "models", "ExitTrainer": "trainer",
+    "exit_info": "models", "ExitTrainer": "trainer", "Cascade": "cascade",
+    "truncated_predictor": "predictors",
 }
 __all__ = ["ElasticKerasError", *_LAZY]
 

@@ -1,4 +1,5 @@
-"""Streamed batches: native-size uint8 images sliced per batch on the host (a Keras PyDataset)."""
+"""Streamed batches: native-size uint8 images sliced per batch on the host (a Keras PyDataset;
+FIDELITY.md D3, B1)."""
 
 import keras
 import numpy as np
@@ -30,6 +31,7 @@ class Batches(keras.utils.PyDataset):
         seed = check_int("seed", seed, 0)
         epoch = check_int("epoch", epoch, 0)
         self.x, self.y = x, y.astype(np.int32, copy=False)
+        # Seeded by (seed, epoch): a resumed run sees the same order (FIDELITY.md D4).
         self.order = np.random.default_rng([seed, epoch]).permutation(len(x)) if shuffle \
             else None
 

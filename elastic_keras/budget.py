@@ -32,6 +32,7 @@ def thresholds_from_validation(val_probs, criterion, n_thresholds):
     Pooling every early exit's confidences makes the thresholds span the whole range the
     cascade acts on, from everyone leaving at exit 1 to everyone reaching the final exit
     (both endpoints are added). Returns [(threshold, quantile or None)], from cheap to dear.
+    Test labels are never used to pick anything (FIDELITY.md I4).
     """
     if n_thresholds < 2:
         raise ElasticKerasError(f"n_thresholds must be >= 2, got {n_thresholds}")
@@ -61,6 +62,7 @@ def budget_sweep(model, x_val, y_val, x_test, y_test, criterion="max_prob", n_th
     of an image is `path_macs` of its exit (backbone to the tap plus every head passed).
     Fixed-exit rows are the truncated predictors: test accuracy of exit k alone and its
     own MACs (ExitInfo.macs). Returns a list of dicts (columns BUDGET_COLUMNS).
+    The replay from one pass is FIDELITY.md I5.
     """
     from .models import exit_info
 
@@ -115,46 +117,10 @@ def write_budget(out_dir, rows, title):
     csv_path = os.path.join(out_dir, BUDGET_CSV)
     png_path = os.path.join(out_dir, BUDGET_PNG)
     files.write_csv(csv_path, columns, rows)
-    from .plots import save_figure
+    from .plots import budget_figure, save_figure
 
-    save_figure(_budget_figure(rows, title), png_path)
+    save_figure(budget_figure(rows, title), png_path)
     return csv_path, png_path
-
-
-def _budget_figure(rows, title):
-    # The object-oriented API with the Agg canvas: no global backend switch.
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    cascade = sorted((r for r in rows if r["kind"] == "cascade"), key=lambda r: r["test_macs"])
-    exits = [r for r in rows if r["kind"] == "exit"]
-    top = max(r["test_macs"] for r in rows)
-    scale, unit = next((s, u) for s, u in ((1e9, "G"), (1e6, "M"), (1e3, "k"), (1.0, ""))
-                       if top >= s or s == 1.0)
-    fig = Figure(figsize=(6.4, 4.4))
-    FigureCanvasAgg(fig)
-    ax = fig.add_subplot(1, 1, 1)
-    if cascade:
-        crit = cascade[0]["criterion"]
-        ax.plot([r["test_macs"] / scale for r in cascade],
-                [100 * r["test_accuracy"] for r in cascade], "-o", ms=3, lw=1.5,
-                label=f"cascade ({crit}; thresholds from validation)")
-    if exits:
-        ax.plot([r["test_macs"] / scale for r in exits],
-                [100 * r["test_accuracy"] for r in exits], "s", ms=6, mfc="none", mew=1.5,
-                color="C3", label="each exit alone")
-        for k, r in enumerate(exits, 1):
-            ax.annotate(str(k) if r["exit"] != "final" else "final",
-                        (r["test_macs"] / scale, 100 * r["test_accuracy"]),
-                        xytext=(3, 3), textcoords="offset points", fontsize="x-small",
-                        color="C3")
-    ax.set_xlabel(f"MACs per image ({unit}MACs)" if unit else "MACs per image")
-    ax.set_ylabel("test accuracy (%)")
-    ax.set_title(title, fontsize="medium")
-    ax.grid(True, alpha=0.3)
-    ax.legend(fontsize="small", loc="best")
-    fig.tight_layout()
-    return fig
 
 
 def budget_run(run, criterion="max_prob", n_thresholds=21, batch_size=None,
@@ -189,3 +155,27 @@ def budget_run(run, criterion="max_prob", n_thresholds=21, batch_size=None,
     log(f"[{name}] wrote {csv_path}, {png_path}; final exit: test "
         f"{100 * final['test_accuracy']:.2f}%; {summary}")
     return rows
+
+
+def budget_path(path, log=print, **options):
+    """budget.csv/png of a finished run, or of every finished run under a folder (the
+    unfinished ones are named and skipped). Returns the number of runs done."""
+    from .rundir import find_runs, open_run
+
+    if not os.path.isdir(path):
+        raise ElasticKerasError(f"not a run directory nor a folder of runs: {path}")
+    if os.path.isfile(os.path.join(path, "config.json")):
+        budget_run(open_run(path), log=log, **options)
+        return 1
+    runs = find_runs(path)
+    if not runs:
+        raise ElasticKerasError(f"not a run directory, and no run directories under {path}")
+    for run in runs:
+        if not run.finished:
+            log(f"skip {run.dir}: not finished ({run.status})")
+    done = [run for run in runs if run.finished]
+    for run in done:
+        budget_run(run, log=log, **options)
+    log(f"budget: {len(done)} finished run(s) under {path}"
+        + ("" if done else "; train and evaluate some first"))
+    return len(done)

@@ -23,7 +23,8 @@ def path_macs(model, convention="full"):
     """MACs per image of a sample leaving at each exit of a cascade, in output order.
 
     Leaving at exit k costs the backbone up to exit k's tap plus the heads of exits 1..k
-    (all were computed to decide): the union of the graph nodes of outputs 1..k.
+    (all were computed to decide): the union of the graph nodes of outputs 1..k
+    (FIDELITY.md I3).
     """
     return [cost_of(model.outputs[:k + 1], convention)["macs"]
             for k in range(len(model.outputs))]

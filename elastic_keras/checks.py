@@ -6,6 +6,7 @@ import numbers
 from .errors import ElasticKerasError
 
 TRAINABLE = ("heads", "all")
+PREPROCESS = ("paper", "authors")  # preprocessing.Preprocess modes
 BACKPROP = ("joint", "multi_way")
 MOBILENET_ALPHAS = (0.25, 0.5, 0.75, 1.0)  # Keras' ImageNet weights exist for these
 
@@ -57,14 +58,12 @@ def check_bool(what, value):
 
 
 def _check_model(m, spec):
-    from .preprocessing import MODES
-
     if m["input_size"] == "min":
         m["input_size"] = spec.min_input_size
     check_int("model.input_size (or 'min')", m["input_size"], spec.min_input_size)
     check_bool("model.plain", m["plain"])
     check_number("model.dropout", m["dropout"], 0, 1)
-    check_choice("model.preprocess", m["preprocess"], MODES)
+    check_choice("model.preprocess", m["preprocess"], PREPROCESS)
     check_number("model.bn_momentum", m["bn_momentum"], 0, 1, low_open=True, optional=True)
     if m["weights"] is not None and (not isinstance(m["weights"], str) or not m["weights"]):
         raise ElasticKerasError(f"model.weights must be 'imagenet', null or a file path; "
@@ -80,7 +79,7 @@ def _check_model(m, spec):
 
 
 def _check_data(d):
-    from .data import DATASETS
+    from .datasets import DATASETS
 
     check_choice("data.dataset", d["dataset"], DATASETS)
     if d["data_dir"] is not None and not isinstance(d["data_dir"], str):

@@ -4,6 +4,7 @@ import copy
 import json
 import os
 import tomllib
+from importlib import resources
 
 from .errors import ElasticKerasError
 
@@ -44,8 +45,8 @@ PROTOCOL = {
     "loss": {"weights": "uniform", "nu": 2.0},
     "train": {
         "seed": 0,
-        "batch_size": 16,
-        "eval_batch_size": 256,  # validation and test passes (no effect on results: T6)
+        "batch_size": 16,  # last partial batch kept (FIDELITY.md T6)
+        "eval_batch_size": 256,  # validation and test passes (FIDELITY.md B6)
         "reload_best_between_phases": True,  # authors' scripts (FIDELITY.md T3)
         "backprop": "joint",  # or "multi_way": AuxNet's multi-way backpropagation (L4)
     },
@@ -56,7 +57,8 @@ PROTOCOL = {
     },
 }
 
-# What the authors' scripts ran (yipersevere/Elastic at 644efea; FIDELITY.md A1-A7).
+# What the authors' scripts ran (yipersevere/Elastic at 644efea):
+# FIDELITY.md A1, A2, A3, A4, A5; the plain scripts: FIDELITY.md A6; variants: FIDELITY.md A7.
 _AUTHORS_PHASE = {"epochs": 100, "reduce_lr": True, "patience": 5, "cooldown": 1,
                   "min_lr": 1e-5, "early_stop": True, "stop_patience": 10}
 PROTOCOLS = {
@@ -140,13 +142,28 @@ def parse_override(text):
     return key.strip(), value
 
 
+def packaged_configs():
+    """{run name: config file} of the configs shipped with the package (one per table cell)."""
+    folder = resources.files(__package__).joinpath("configs", "table1")
+    return {p.name[:-len(".toml")]: p for p in folder.iterdir() if p.name.endswith(".toml")}
+
+
 def read_toml(path):
-    """A config file as a dict; missing or malformed files end in one message."""
+    """A config file (a path, or the name of a packaged config) as (run name, dict);
+    missing or malformed files end in one message."""
+    path = os.fspath(path)
     if not os.path.isfile(path):
-        raise ElasticKerasError(f"config file not found: {path}")
+        packaged = packaged_configs()
+        name = path.removesuffix(".toml")
+        if os.sep in path or name not in packaged:
+            raise ElasticKerasError(
+                f"config file not found: {path}" if os.sep in path or path.endswith(".toml")
+                else f"unknown config {path!r}: neither a file nor a packaged config "
+                     "(python -m elastic_keras configs lists them)")
+        path = packaged[name]
     try:
-        with open(path, "rb") as f:
-            return tomllib.load(f)
+        with (open(path, "rb") if isinstance(path, str) else path.open("rb")) as f:
+            return os.path.basename(str(path)).removesuffix(".toml"), tomllib.load(f)
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
         raise ElasticKerasError(f"malformed config {path}: {e}") from None
 
@@ -165,8 +182,8 @@ def load_config(path=None, overrides=(), profile=None, protocol=None):
     cfg = copy.deepcopy(PROTOCOL)
     file_flat = {}
     if path is not None:
-        file_flat = flatten(read_toml(path))
-        cfg["name"] = os.path.splitext(os.path.basename(path))[0]
+        cfg["name"], values = read_toml(path)
+        file_flat = flatten(values)
     pairs = [parse_override(o) if isinstance(o, str) else tuple(o) for o in overrides]
     # Profile and protocol may come from the file or the command line; they apply beneath both.
     prof = _chosen(profile, "profile", pairs, file_flat, PROFILES)

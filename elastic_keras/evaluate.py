@@ -1,6 +1,7 @@
 """Per-exit test evaluation: the test set is read once, at the best-by-validation checkpoint.
 
-The checkpoint is the one with the lowest validation loss over the run (FIDELITY.md T4).
+The checkpoint is the one with the lowest validation loss over the run (FIDELITY.md T4); the
+authors read the test set every epoch (FIDELITY.md A9), we read it once.
 """
 
 from .rundir import TRAINED, RunDir, open_run
@@ -49,7 +50,7 @@ def evaluate_run(run: RunDir, net, data, state, log=print):
 
 def trained_model(run):
     """(network with the run's best weights, its data) of a trained run."""
-    from .data import load_data
+    from .splits import load_data
     from .models import model_from_config
 
     cfg = run.config
@@ -63,7 +64,7 @@ def trained_model(run):
 def evaluate(path, log=print):
     """Re-evaluate a trained run directory (the `evaluate` command). A run that has not
     finished training is refused: its numbers would read as a result."""
-    from .data import load_data
+    from .splits import load_data
     from .models import model_from_config
 
     run = open_run(path)

@@ -1,10 +1,13 @@
-"""Atomic file writes (a result is either complete on disk or absent), JSON and the one CSV writer."""
+"""Files: atomic writes (a result is complete on disk or absent), JSON, the one CSV writer, locks."""
 
 import csv
+import fcntl
 import io
 import json
 import os
+import platform
 import tempfile
+import time
 from contextlib import contextmanager
 
 from .errors import ElasticKerasError
@@ -16,7 +19,8 @@ def _umask():
     return mask
 
 
-# Files get the permissions a plain open() would give them (mkstemp makes them 0600).
+# Files get the permissions a plain open() would give them (mkstemp makes them 0600;
+# FIDELITY.md R5).
 FILE_MODE = 0o666 & ~_umask()
 
 
@@ -65,6 +69,72 @@ def read_json(path):
                                 "directory") from None
     except OSError as e:
         raise ElasticKerasError(f"cannot read {path}: {e.strerror}") from None
+
+
+def save_arrays(path, arrays):
+    """Backend tensors or variables as one .npz file, atomically."""
+    import keras
+    import numpy as np
+
+    with atomic_path(path, suffix=".npz") as tmp:
+        np.savez(tmp, *[keras.ops.convert_to_numpy(a) for a in arrays])
+
+
+def load_arrays(path):
+    """The arrays of an .npz written by save_arrays, in order."""
+    import numpy as np
+
+    with np.load(path) as f:
+        return [f[f"arr_{i}"] for i in range(len(f.files))]
+
+
+def remove_unlisted(folder, keep, prefixes):
+    """Remove the files of `folder` named with one of `prefixes` that `keep` does not name."""
+    if os.path.isdir(folder):
+        for name in os.listdir(folder):
+            if name.startswith(prefixes) and name not in keep:
+                os.remove(os.path.join(folder, name))
+
+
+class Held(Exception):
+    """The lock is held by another process (its holder's words in the message)."""
+
+
+@contextmanager
+def exclusive(path, wait=False, on_wait=None):
+    """Hold an exclusive `flock` on `path` (created if need be) and write who holds it.
+
+    wait=False: raise Held when another process holds it; wait=True: call `on_wait(holder)`
+    once, then block until it is free. The kernel releases the lock when the holder exits or
+    dies; the file stays (removing it could split two waiters onto two files).
+    """
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, FILE_MODE)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            if not wait:
+                raise Held(holder(path)) from None
+            if on_wait:
+                on_wait(holder(path))
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        me = {"pid": os.getpid(), "host": platform.node(),
+              "since": time.strftime("%Y-%m-%dT%H:%M:%S")}
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, json.dumps(me).encode(), 0)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
+
+
+def holder(path):
+    """Who holds the lock file `path`, as its holder wrote it."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            h = json.loads(f.read() or "{}")
+        return f"pid {h['pid']} on {h['host']} since {h['since']}"
+    except (OSError, ValueError, KeyError):
+        return "another worker"
 
 
 def csv_text(columns, rows, cell=None):

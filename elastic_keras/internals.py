@@ -1,4 +1,4 @@
-"""Every touch of a private Keras attribute, in one place (Keras 3.15)."""
+"""Every touch of a private Keras attribute, in one place (Keras 3.15; FIDELITY.md B1)."""
 
 import random
 
@@ -53,7 +53,7 @@ def seed_everything(seed):
 
     `keras.utils.set_random_seed` also seeds TensorFlow whenever it is installed, which
     imports it even under JAX or PyTorch; under those backends we set what it sets but
-    that (`global_state` is private).
+    that (`global_state` is private; FIDELITY.md B3).
     """
     import keras
 

@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import math
 
-from .checks import is_number
 from .errors import ElasticKerasError
 
 SCHEMES = ("uniform", "second_half", "auxnet", "auxnet_final")
+
+
+def _finite(x):
+    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
 
 
 def _auxnet(depths, nu, reference):
@@ -33,7 +36,7 @@ def loss_weights(scheme, num_outputs: int, depths=None, nu: float = 2.0) -> list
     if isinstance(num_outputs, bool) or not isinstance(num_outputs, int) or num_outputs < 1:
         raise ElasticKerasError(f"num_outputs must be an integer >= 1, got {num_outputs!r}")
     if isinstance(scheme, (list, tuple)):
-        if not all(is_number(w) for w in scheme):
+        if not all(_finite(w) for w in scheme):
             raise ElasticKerasError(f"loss weights must be finite numbers, got {list(scheme)}")
         weights = [float(w) for w in scheme]
         if len(weights) != num_outputs:
@@ -52,7 +55,7 @@ def loss_weights(scheme, num_outputs: int, depths=None, nu: float = 2.0) -> list
     if scheme in ("auxnet", "auxnet_final"):
         if depths is None or len(depths) != num_outputs:
             raise ElasticKerasError(f"loss weights {scheme!r} needs the depth of every exit")
-        if not is_number(nu) or nu < 0:
+        if not _finite(nu) or nu < 0:
             raise ElasticKerasError(f"auxnet nu must be a number >= 0, got {nu!r}")
         if num_outputs == 1:
             return [1.0]

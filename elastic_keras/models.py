@@ -38,7 +38,8 @@ class ElasticModel(keras.Model):
     `exits` lists, in output (= depth) order, each exit's output name, the backbone layer
     it reads (`tap`) and the layers of its head. The record is part of the model's config,
     so it survives a `.keras` save and a `safe_mode=True` load; phase freezing,
-    `exit_info`, the cascade and the history columns read it, never layer names.
+    `exit_info`, the cascade and the history columns read it, never layer names
+    (FIDELITY.md M9).
     """
 
     def __init__(self, inputs, outputs, name=None, **kwargs):
@@ -192,7 +193,8 @@ def exit_info(model: keras.Model, convention: str = "full") -> list[ExitInfo]:
 
 
 def _resolve_weights(spec, weights, alpha, input_size):
-    """'imagenet', None, or the path of a local `*_notop.h5` (a folder: its official name)."""
+    """'imagenet', None, or the path of a local `*_notop.h5` (a folder: its official name;
+    FIDELITY.md M11)."""
     if weights in ("imagenet", None):
         return weights
     weights = os.path.expanduser(os.fspath(weights))

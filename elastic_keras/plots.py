@@ -1,8 +1,10 @@
-"""Shared plots of run histories and results: per-exit curves, phase boundary, lr drops."""
+"""Figures: per-exit curves of a run, Figure 3, test error and accuracy against MACs."""
 
+import os
 import re
 
 from .errors import ElasticKerasError
+from .rundir import read_history
 
 _EXIT_LOSS = re.compile(r"^exit_(\d+)_loss$")
 FINAL = "final"
@@ -144,6 +146,101 @@ def plot_error_vs_macs(results, ax=None, title=None):
     if title:
         ax.set_title(title)
     return ax
+
+
+def budget_figure(rows, title):
+    """Test accuracy against MACs per image: the cascade's curve and each exit alone."""
+    cascade = sorted((r for r in rows if r["kind"] == "cascade"), key=lambda r: r["test_macs"])
+    exits = [r for r in rows if r["kind"] == "exit"]
+    top = max(r["test_macs"] for r in rows)
+    scale, unit = next((s, u) for s, u in ((1e9, "G"), (1e6, "M"), (1e3, "k"), (1.0, ""))
+                       if top >= s or s == 1.0)
+    fig = _figure(figsize=(6.4, 4.4))
+    ax = fig.add_subplot(1, 1, 1)
+    if cascade:
+        crit = cascade[0]["criterion"]
+        ax.plot([r["test_macs"] / scale for r in cascade],
+                [100 * r["test_accuracy"] for r in cascade], "-o", ms=3, lw=1.5,
+                label=f"cascade ({crit}; thresholds from validation)")
+    if exits:
+        ax.plot([r["test_macs"] / scale for r in exits],
+                [100 * r["test_accuracy"] for r in exits], "s", ms=6, mfc="none", mew=1.5,
+                color="C3", label="each exit alone")
+        for k, r in enumerate(exits, 1):
+            ax.annotate(str(k) if r["exit"] != "final" else "final",
+                        (r["test_macs"] / scale, 100 * r["test_accuracy"]),
+                        xytext=(3, 3), textcoords="offset points", fontsize="x-small",
+                        color="C3")
+    ax.set_xlabel(f"MACs per image ({unit}MACs)" if unit else "MACs per image")
+    ax.set_ylabel("test accuracy (%)")
+    ax.set_title(title, fontsize="medium")
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize="small", loc="best")
+    fig.tight_layout()
+    return fig
+
+
+def _figure(*args, **kwargs):
+    """A figure on the Agg canvas (no global backend switch, no display needed)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(*args, **kwargs)
+    FigureCanvasAgg(fig)
+    return fig
+
+
+def plot_run(run_dir, out=None):
+    """Loss and accuracy of every exit of one run (curves.png in the run directory)."""
+    history = read_history(run_dir)
+    name = os.path.basename(os.path.normpath(run_dir))
+    fig = _figure(figsize=(14, 5))
+    for i, metric in enumerate(("loss", "accuracy")):
+        plot_exit_curves(history, metric, ax=fig.add_subplot(1, 2, i + 1),
+                         title=f"{name}: {metric} of every exit")
+    return save_figure(fig, out or os.path.join(run_dir, "curves.png"), dpi=110)
+
+
+def figure3(runs_root, setting, tag, out):
+    """Figure 3 of the paper: the final exit's training and validation loss of the CIFAR-10
+    Elastic-DenseNet-121 and DenseNet-121 runs. Both histories or an error: never half a
+    figure (FIDELITY.md G14)."""
+    from . import rundir
+    from .render import is_reproduction
+    from .tables import run_name
+
+    histories, missing = {}, []
+    for label, plain in (("Elastic-DenseNet-121", False), ("DenseNet-121", True)):
+        path = rundir.run_path(runs_root, setting, tag or "cifar10",
+                               run_name("cifar10", "densenet121", plain))
+        try:
+            histories[label] = read_history(path)
+        except ElasticKerasError as e:
+            missing.append(str(e))
+    if missing:
+        raise ElasticKerasError("Figure 3 needs both CIFAR-10 DenseNet-121 runs: "
+                                + "; ".join(missing))
+    title = f"Figure 3: final-exit loss on CIFAR-10 runs ({setting}, data {tag or 'cifar10'})"
+    if not is_reproduction(setting, tag):
+        title += "\nNOT a reproduction"
+    fig = _figure(figsize=(8, 5))
+    plot_final_curves(histories, "loss", ax=fig.add_subplot(1, 1, 1), title=title)
+    return save_figure(fig, out)
+
+
+def last_epoch_table(history):
+    """Per-exit losses and accuracies at the last epoch of a history, depth order."""
+    import pandas as pd
+
+    last = history.iloc[-1]
+    rows = [{"output": o, **{f"{'val_' if val else 'train_'}{m}":
+                             float(last[metric_column(history, o, m, val)])
+                             for m in ("loss", "accuracy") for val in (False, True)
+                             if metric_column(history, o, m, val) is not None}}
+            for o in outputs_of(history)]
+    df = pd.DataFrame(rows).set_index("output")
+    df.attrs["epoch"], df.attrs["phase"] = int(last["epoch"]), str(last["phase"])
+    return df
 
 
 def save_figure(fig, out, dpi=120):

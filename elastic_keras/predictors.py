@@ -62,7 +62,8 @@ def truncated_predictor(model: keras.Model | str, exit: int | str) -> ElasticMod
     other exits' heads are not in the graph, so they cost nothing. The predictor shares its
     layers (and weights) with `model`, keeps that exit's record, and saves and loads on
     its own as `.keras`. model: an elastic model or a path to a saved `.keras` one; exit:
-    an output name (exit_1 ... final) or a 1-based index among the outputs.
+    an output name (exit_1 ... final) or a 1-based index among the outputs
+    (FIDELITY.md I1).
     """
     model = load(model)
     k = exit_index(model, exit)

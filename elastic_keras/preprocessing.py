@@ -3,12 +3,13 @@
 import keras
 from keras import ops
 
+from .checks import PREPROCESS as MODES
 from .errors import ElasticKerasError
 
 # paper: bilinear resize, scale to [0, 1] (PAPER.md section 5).
 # authors: bilinear resize on the uint8 grid (scipy.misc.imresize rounds back to uint8),
-#          then inception_v3.preprocess_input, i.e. [-1, 1], for every backbone.
-MODES = ("paper", "authors")
+#          then inception_v3.preprocess_input, i.e. [-1, 1], for every backbone
+#          (FIDELITY.md P2, A5).
 
 
 @keras.saving.register_keras_serializable(package="elastic_keras")

@@ -22,7 +22,7 @@ class StepProgress(keras.callbacks.Callback):
     progress bar is not, and makes every step wait for the device).
     """
 
-    async_safe = True
+    async_safe = True  # FIDELITY.md B5
 
     def __init__(self, label, batch_size, every=None, stream=None):
         super().__init__()

@@ -13,6 +13,9 @@ class BackboneSpec:
     final_pool: the final-head rule (PAPER.md section 2). True where Keras 2.1.5's
         `include_top=False` backbone had already average-pooled its top map (ResNet-50);
         the final exit then flattens the pooled vector. False: it flattens the raw map.
+    top: the layer whose output the final head reads, where Keras 3's `include_top=False`
+        model goes past where Keras 2.1.5's ended (DenseNet: `bn`, before Keras 3's
+        `relu`); None: the model's output.
     """
 
     name: str
@@ -20,7 +23,8 @@ class BackboneSpec:
     constructor: str  # attribute of keras.applications
     exits: tuple
     final_pool: bool = False
-    min_input_size: int = 32
+    top: str | None = None
+    min_input_size: int = 32  # Keras' own minimum (FIDELITY.md M10)
     alpha: float | None = None  # MobileNet width multiplier; None for the others
     note: str = ""
     extra: dict = field(default_factory=dict)
@@ -48,7 +52,10 @@ class BackboneSpec:
                       input_tensor=input_tensor)
         if self.alpha is not None:
             kwargs["alpha"] = self.alpha if alpha is None else alpha
-        return getattr(keras.applications, self.constructor)(**kwargs)
+        base = getattr(keras.applications, self.constructor)(**kwargs)
+        if self.top is None:
+            return base
+        return keras.Model(base.inputs, base.get_layer(self.top).output, name=base.name)
 
 
 _DENSENET_EXITS = ("pool2_pool", "pool3_pool", "pool4_pool")
@@ -67,23 +74,28 @@ def _spec(**kw):
 
 # The one mapping from name to spec. Exit layer names are Keras 3 names of the layers
 # playing the roles in PAPER.md section 3 (auto-generated names are never used;
-# FIDELITY.md M1, M4; the authors' variants: M8).
+# FIDELITY.md M1, M4; the authors' variants: FIDELITY.md M8).
 REGISTRY = {
     s.name: s
     for s in (
+        # DenseNet's top is `bn`, as Keras 2.1.5's include_top=False model ended (FIDELITY.md M12).
         _spec(name="densenet121", paper_name="DenseNet-121", constructor="DenseNet121",
-              exits=_DENSENET_EXITS, note="exits after the average pooling of the 3 transition blocks"),
+              exits=_DENSENET_EXITS, top="bn",
+              note="exits after the average pooling of the 3 transition blocks"),
         _spec(name="densenet169", paper_name="DenseNet-169", constructor="DenseNet169",
-              exits=_DENSENET_EXITS, note="exits after the average pooling of the 3 transition blocks"),
+              exits=_DENSENET_EXITS, top="bn",
+              note="exits after the average pooling of the 3 transition blocks"),
         _spec(name="inceptionv3", paper_name="InceptionV3", constructor="InceptionV3",
               exits=_INCEPTION_BLOCKS[:-1], min_input_size=75,
               note="exits after the concatenation closing each Inception block but the last"),
+        # Keras 3's MobileNet pads stride-2 convolutions otherwise than 2.1.5 (FIDELITY.md M14).
         _spec(name="mobilenet", paper_name="MobileNet", constructor="MobileNet",
               exits=_MOBILENET_BLOCKS[:-1], alpha=1.0,
               note="exits after the ReLU ending each depthwise-separable block but the last"),
         _spec(name="vgg16", paper_name="VGG-16", constructor="VGG16",
               exits=("block1_pool", "block2_pool", "block3_pool", "block4_pool"),
               note="exits after each max-pooling layer but the last"),
+        # Keras 3's ResNet-50 pads before its first max-pool: 56x56 stage 2 (FIDELITY.md M13).
         _spec(name="resnet50", paper_name="ResNet-50", constructor="ResNet50",
               exits=_RESNET50_ADDS, final_pool=True,
               note="exits after the Add of each of the 16 residual blocks (before its ReLU)"),

@@ -1,100 +1,85 @@
-"""Reproduction driver: train every run of a table that is not finished, then write tables."""
+"""Reproduction driver: train every unfinished run of a table, then write the tables once."""
 
+import json
 import os
 import time
 
 from .config import load_config
+from .cifar import CIFAR
 from .errors import ElasticKerasError
-from .registry import TABLE1_BACKBONES
-from .rundir import RunDir, run_dir_for
-
-CONFIG_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
-                          "configs", "table1")
-DATASET_CLASSES = {"cifar10": 10, "cifar100": 100}
-
-# Run names are the config files' stems (configs/table1/<name>.toml).
-TABLES = {
-    "table1": [f"{ds}-{bb}-{kind}" for ds in DATASET_CLASSES for bb in TABLE1_BACKBONES
-               for kind in ("elastic", "plain") if not (bb == "resnet50_5" and kind == "plain")],
-    # Table II reuses Table I's CIFAR-100 DenseNet runs.
-    "table2": ["cifar100-densenet169-elastic", "cifar100-densenet169-plain",
-               "cifar100-densenet121-plain"],
-}
+from .registry import REGISTRY
+from .rundir import record_last, setting
+from .tables import table_runs
 
 
-def select(table, runs=None):
+def select(table, runs=None, protocol="paper"):
     """The table's run names, or the subset `runs` (run names or backbone names)."""
-    if table not in TABLES:
-        raise ElasticKerasError(f"unknown table {table!r}; valid: {', '.join(TABLES)}")
-    names = TABLES[table]
+    names = table_runs(table, protocol)
     if not runs:
         return names
     wanted = [r.strip() for r in runs.split(",") if r.strip()] if isinstance(runs, str) else runs
-    chosen = [n for n in names if n in wanted or n.split("-", 1)[1].rsplit("-", 1)[0] in wanted]
-    unknown = [w for w in wanted if not any(w == n or f"-{w}-" in n for n in names)]
+    backbone = {n: n.split("-", 1)[1].rsplit("-", 1)[0] for n in names}
+    chosen = [n for n in names if n in wanted or backbone[n] in wanted]
+    unknown = [w for w in wanted if w not in names and w not in backbone.values()]
     if unknown:
-        raise ElasticKerasError(f"--runs: {unknown} match no run of {table}; valid: run names "
-                                f"({', '.join(names[:2])}, ...) or backbones "
-                                f"({', '.join(TABLE1_BACKBONES)})")
+        raise ElasticKerasError(
+            f"--runs: {unknown} match no run of {table}; valid: run names ({names[0]}, ...) "
+            f"or backbones ({', '.join(sorted(set(backbone.values()) & set(REGISTRY)))})")
     return chosen
 
 
-def run_configs(table, profile="paper", data=None, data_dir=None, weights=None, runs=None,
-                extra=()):
-    """Resolved configs of the runs to do. `data` replaces the dataset: 'synthetic' keeps
-    the cell's class count, 'digits' serves the 10-class cells only."""
+def run_configs(table, profile="paper", protocol="paper", data=None, data_dir=None,
+                weights=None, runs=None, extra=()):
+    """Resolved configs of the runs to do, and the runs skipped. `data` replaces the
+    dataset: 'synthetic' keeps the cell's class count, 'digits' serves the 10-class cells."""
     configs, skipped = [], []
-    for name in select(table, runs):
+    for name in select(table, runs, protocol):
         dataset = name.split("-", 1)[0]
+        classes = CIFAR[dataset]["classes"]
         sets = list(extra)
         if data:
-            if data == "digits" and DATASET_CLASSES[dataset] != 10:
+            if data == "digits" and classes != 10:
                 skipped.append(name)
                 continue
-            sets += [f"data.dataset={data}", f"data.num_classes={DATASET_CLASSES[dataset]}"]
-        if data_dir:
-            sets.append(f"data.data_dir={data_dir}")
+            sets += [f"data.dataset={data}", f"data.num_classes={classes}"]
+        if data_dir:  # absolute: workers may start elsewhere (ray)
+            sets.append(f"data.data_dir={os.path.abspath(data_dir)}")
         if weights:
-            sets.append(f"model.weights={'null' if weights.lower() == 'none' else weights}")
-        path = os.path.join(CONFIG_DIR, f"{name}.toml")
-        configs.append(load_config(path, sets, profile=profile))
+            sets.append("model.weights=" + ("null" if weights.lower() == "none" else weights
+                                             if weights == "imagenet" else os.path.abspath(weights)))
+        configs.append(load_config(name, sets, profile=profile, protocol=protocol))
     return configs, skipped
 
 
-def reproduce(table, profile="paper", data=None, data_dir=None, weights=None, runs=None,
-              runs_root="runs", out_dir="results", paper_dir=None, extra=(), allow_cpu=False,
-              log=print):
-    """Train what is not finished (resuming partial runs), then write the tables."""
-    from . import files
-    from .tables import write_tables
-    from .train import train
+def reproduce(table, profile="paper", protocol="paper", data=None, data_dir=None, weights=None,
+              runs=None, runs_root="runs", out_dir="results", extra=(), allow_cpu=False,
+              dry_run=False, launcher=None, log=print):
+    """Train what is not finished (resuming partial runs) with `launcher` (local: one after
+    another in this process), then write the tables once. A failing run fails alone; the
+    summary names the failures. Returns (written tables, [(name, message)] failures)."""
+    from .launchers import local_launcher
+    from .render import write_tables
 
-    configs, skipped = run_configs(table, profile, data, data_dir, weights, runs, extra)
+    configs, skipped = run_configs(table, profile, protocol, data, data_dir, weights, runs,
+                                   extra)
     for name in skipped:
         log(f"skip {name}: dataset {data} has 10 classes, this cell needs more")
-    files.write_json(os.path.join(runs_root, "last.json"), {"profile": profile, "data": data})
-    took = []
-    for i, cfg in enumerate(configs, 1):
-        run = RunDir(run_dir_for(cfg, runs_root))
-        done = (f"; {len(took)} done, {_fmt(sum(s for _, s in took))} of training, last "
-                f"{took[-1][0]} {_fmt(took[-1][1])}") if took else ""
-        log(f"=== [{i}/{len(configs)}] {cfg['name']} ({profile} profile, data "
-            f"{cfg['data']['dataset']}){done}")
-        start = time.time()
-        train(cfg, runs_root=runs_root, log=log, allow_cpu=allow_cpu)
-        took.append((cfg["name"], _train_seconds(run) if run.finished else time.time() - start))
-    log(f"=== {len(configs)} runs finished, {_fmt(sum(s for _, s in took))} of training:")
-    for name, seconds in took:
-        log(f"    {name:<32} {_fmt(seconds)}")
-    return write_tables(runs_root, profile, dataset_tag=data, out_dir=out_dir,
-                        paper_dir=paper_dir)
-
-
-def _train_seconds(run):
-    return sum(row.get("time_s", 0.0) for row in (run.state or {}).get("history", []))
-
-
-def _fmt(seconds):
-    m, s = divmod(int(round(seconds)), 60)
-    h, m = divmod(m, 60)
-    return f"{h}h{m:02d}m" if h else f"{m}m{s:02d}s"
+    if dry_run:
+        log(json.dumps(configs, indent=2))
+        return {}, []
+    if not configs:
+        raise ElasticKerasError(f"no run of {table} to do with data {data!r}")
+    set_name = setting(configs[0])
+    record_last(runs_root, set_name, data)
+    start = time.time()
+    failures = (launcher or local_launcher)(configs, runs_root=runs_root, allow_cpu=allow_cpu,
+                                            log=log)
+    log(f"=== {len(configs)} runs ended in {time.time() - start:.0f} s"
+        + (f"; {len(failures)} failed: " + ", ".join(n for n, _ in failures) if failures else ""))
+    for name, message in failures:
+        log(f"    {name}: {message}")
+    names = [c["name"] for c in configs]
+    which = [t for t in ("table1", "table2") if t == table or set(names) & set(table_runs(t))]
+    written, _, _ = write_tables(runs_root, set_name, data, protocol, out_dir, selected=names,
+                                 which=which)
+    return written, failures

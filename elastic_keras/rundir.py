@@ -1,5 +1,7 @@
 """The run directory: its files and their formats, its lock, its states, and how runs are found.
 
+The one owner of a run directory (FIDELITY.md R1).
+
 runs/<setting>/<dataset>/<name>/
     .lock          held (flock) by the one worker training or evaluating the run
     config.json    the resolved config (what the run is); split.json: the data split
@@ -8,15 +10,12 @@ runs/<setting>/<dataset>/<name>/
     ckpt/          epoch-NNNN.{weights.h5,optimizer.npz} (last), best-epoch-NNNN.weights.h5
     results.json   every exit's test error; written by evaluation, never by training
 
-States (state.json "status"): claimed (config written, no epoch yet) -> training ->
+States (state.json "status"; FIDELITY.md R2): claimed (config written, no epoch yet) -> training ->
 trained (every phase done) -> evaluated (results.json written); failed (diverged) at any
 point. Only evaluated runs are finished: tables and budgets read nothing else.
 """
 
-import fcntl
-import json
 import os
-import platform
 import shutil
 import time
 from contextlib import contextmanager
@@ -26,6 +25,7 @@ from .errors import ElasticKerasError
 
 CONFIG, SPLIT, STATE, HISTORY, RESULTS, LOCK, CKPT = (
     "config.json", "split.json", "state.json", "history.csv", "results.json", ".lock", "ckpt")
+LAST = "last.json"  # in the runs root: the setting and data of the last reproduction
 CLAIMED, TRAINING, TRAINED, EVALUATED, FAILED = (
     "claimed", "training", "trained", "evaluated", "failed")
 # Keys that say where things are or how fast they run, not what the run is.
@@ -41,9 +41,26 @@ def setting(cfg):
     return cfg["profile"] if cfg["protocol"] == "paper" else f"{cfg['profile']}-{cfg['protocol']}"
 
 
-def run_dir_for(cfg, runs_root="runs"):
+def run_path(runs_root, setting_name, dataset, name):
     """runs/<setting>/<dataset>/<name>: named after the experiment, never a timestamp."""
-    return os.path.join(os.fspath(runs_root), setting(cfg), cfg["data"]["dataset"], cfg["name"])
+    return os.path.join(os.fspath(runs_root), setting_name, dataset, name)
+
+
+def run_dir_for(cfg, runs_root="runs"):
+    """The run directory of a resolved config."""
+    return run_path(runs_root, setting(cfg), cfg["data"]["dataset"], cfg["name"])
+
+
+def record_last(runs_root, setting_name, data):
+    """Remember the setting and data of the last reproduction (figure3's, tables' default)."""
+    files.write_json(os.path.join(os.fspath(runs_root), LAST), {"profile": setting_name,
+                                                                "data": data})
+
+
+def last(runs_root):
+    """{"profile", "data"} of the last reproduction under `runs_root`, or None."""
+    path = os.path.join(os.fspath(runs_root), LAST)
+    return files.read_json(path) if os.path.isfile(path) else None
 
 
 def _identity(cfg):
@@ -65,15 +82,12 @@ class RunDir:
 
     def __init__(self, path):
         self.dir = os.fspath(path)
-        self._lock_fd = None
+        self._held = False
 
     def path(self, *parts):
         return os.path.join(self.dir, *parts)
 
-    def __repr__(self):
-        return f"RunDir({self.dir!r})"
-
-    # -- reading --------------------------------------------------------------------------
+    __repr__ = lambda self: f"RunDir({self.dir!r})"  # noqa: E731
     @property
     def exists(self):
         return os.path.isfile(self.path(CONFIG))
@@ -89,10 +103,7 @@ class RunDir:
     @property
     def status(self):
         """'new' (no config), or the state's status."""
-        if not self.exists:
-            return "new"
-        state = self.state
-        return state["status"] if state else CLAIMED
+        return "new" if not self.exists else (self.state or {"status": CLAIMED})["status"]
 
     @property
     def finished(self):
@@ -114,52 +125,36 @@ class RunDir:
                  FAILED: f"it failed: {state.get('failure')}"}.get(self.status, self.status)
         raise ElasticKerasError(f"{self.dir}: cannot {doing}: {where}")
 
-    # -- the lock -------------------------------------------------------------------------
     @contextmanager
     def lock(self, wait=False, log=None):
         """Hold the run's lock: one worker at a time per run directory, on this host or any
-        host sharing the folder. flock is released by the kernel when its holder dies
+        host sharing the folder (FIDELITY.md R3). The kernel drops it when its holder dies
         (kill -9 included), so a dead worker's successor takes over."""
         os.makedirs(self.dir, exist_ok=True)
-        fd = os.open(self.path(LOCK), os.O_RDWR | os.O_CREAT, files.FILE_MODE)
         try:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                if not wait:
-                    raise RunBusy(f"{self.dir} is held by {self.holder()}") from None
-                if log:
-                    log(f"waiting for {self.dir}, held by {self.holder()}")
-                fcntl.flock(fd, fcntl.LOCK_EX)
-            holder = {"pid": os.getpid(), "host": platform.node(),
-                      "since": time.strftime("%Y-%m-%dT%H:%M:%S")}
-            os.ftruncate(fd, 0)
-            os.pwrite(fd, json.dumps(holder).encode(), 0)
-            self._lock_fd = fd
-            yield self
+            with files.exclusive(self.path(LOCK), wait, log and (
+                    lambda holder: log(f"waiting for {self.dir}, held by {holder}"))):
+                self._held = True
+                yield self
+        except files.Held as e:
+            raise RunBusy(f"{self.dir} is held by {e}") from None
         finally:
-            self._lock_fd = None
-            os.close(fd)  # releases the lock
+            self._held = False
 
     def holder(self):
         """Who holds the lock, as its holder wrote it."""
-        try:
-            with open(self.path(LOCK), encoding="utf-8") as f:
-                h = json.loads(f.read() or "{}")
-            return f"pid {h['pid']} on {h['host']} since {h['since']}"
-        except (OSError, ValueError, KeyError):
-            return "another worker"
+        return files.holder(self.path(LOCK))
 
     def _locked(self):
-        if self._lock_fd is None:
+        if not self._held:
             raise RuntimeError(f"{self.dir}: write without holding the lock")
 
-    # -- claiming, states -----------------------------------------------------------------
     def claim(self, cfg, split, env, log=print):
         """Make the directory this config's run, under the lock; return its state.
 
         A new run writes config and split. A run with another config is refused, unless it
-        failed or never finished an epoch: then nothing is lost and it is replaced.
+        failed or never finished an epoch: then nothing is lost and it is replaced
+        (FIDELITY.md R4).
         """
         self._locked()
         if self.exists:
@@ -198,10 +193,7 @@ class RunDir:
     def _clear_temporaries(self):
         """Temporary files a dead worker of this run left (we hold the lock: none is live)."""
         for folder in (self.dir, self.path(CKPT)):
-            if os.path.isdir(folder):
-                for name in os.listdir(folder):
-                    if name.startswith(".tmp-"):
-                        os.remove(os.path.join(folder, name))
+            files.remove_unlisted(folder, keep=(), prefixes=(".tmp-",))
 
     def write_state(self, state):
         self._locked()
@@ -212,33 +204,23 @@ class RunDir:
         state.update(status=FAILED, failure=message)
         self.write_state(state)
 
-    # -- checkpoints ----------------------------------------------------------------------
     def save_checkpoint(self, net, optimizer, tag):
         """Weights (and optimizer state when given) under ckpt/, atomically; file names."""
-        import keras
-        import numpy as np
-
         self._locked()
-        weights = os.path.join(CKPT, f"{tag}.weights.h5")
-        with files.atomic_path(self.path(weights), suffix=".weights.h5") as tmp:
+        saved = {"file": os.path.join(CKPT, f"{tag}.weights.h5")}
+        with files.atomic_path(self.path(saved["file"]), suffix=".weights.h5") as tmp:
             net.save_weights(tmp)
-        saved = {"file": weights}
         if optimizer is not None:
-            opt = os.path.join(CKPT, f"{tag}.optimizer.npz")
-            with files.atomic_path(self.path(opt), suffix=".npz") as tmp:
-                np.savez(tmp, *[keras.ops.convert_to_numpy(v) for v in optimizer.variables])
-            saved["optimizer"] = opt
+            saved["optimizer"] = os.path.join(CKPT, f"{tag}.optimizer.npz")
+            files.save_arrays(self.path(saved["optimizer"]), optimizer.variables)
         return saved
 
     def load_weights(self, net, checkpoint):
         net.load_weights(self.path(checkpoint["file"]))
 
     def load_optimizer(self, optimizer, variables, checkpoint):
-        import numpy as np
-
         optimizer.build(variables)
-        with np.load(self.path(checkpoint["optimizer"])) as f:
-            arrays = [f[f"arr_{i}"] for i in range(len(f.files))]
+        arrays = files.load_arrays(self.path(checkpoint["optimizer"]))
         if len(arrays) != len(optimizer.variables):
             raise ElasticKerasError(f"{self.dir}: optimizer checkpoint does not fit the model")
         for var, value in zip(optimizer.variables, arrays):
@@ -249,11 +231,8 @@ class RunDir:
         self._locked()
         keep = {state["last"]["file"], state["last"].get("optimizer")}
         keep |= {b["file"] for b in state["best"].values()}
-        folder = self.path(CKPT)
-        for name in os.listdir(folder):
-            ours = name.startswith(("epoch-", "best-epoch-"))
-            if ours and os.path.join(CKPT, name) not in keep:
-                os.remove(os.path.join(folder, name))
+        files.remove_unlisted(self.path(CKPT), {os.path.basename(k) for k in keep if k},
+                              prefixes=("epoch-", "best-epoch-"))
 
     def best_checkpoint(self, state=None):
         """The checkpoint with the lowest validation loss over the whole run."""
@@ -262,7 +241,6 @@ class RunDir:
             raise ElasticKerasError(f"{self.dir}: no checkpoint yet (has the run trained?)")
         return min(state["best"].values(), key=lambda b: b["val_loss"])
 
-    # -- history and results --------------------------------------------------------------
     def write_history(self, rows, outputs):
         """history.csv: one row per epoch, columns in depth order of the exits."""
         self._locked()
@@ -285,6 +263,22 @@ def history_columns(rows, outputs):
     present = set().union(*rows) if rows else set()
     rest = [c for row in rows for c in row if c not in lead]
     return [c for c in lead if c in present] + list(dict.fromkeys(rest))
+
+
+def read_history(path):
+    """A run's history.csv (a run directory or the file itself) as a pandas DataFrame."""
+    import pandas as pd
+
+    path = os.fspath(path)
+    if os.path.isdir(path) or not path.endswith(".csv"):
+        path = os.path.join(path, HISTORY)
+    if not os.path.isfile(path):
+        raise ElasticKerasError(f"no training history: {path} not found (has the run trained?)")
+    df = pd.read_csv(path)
+    missing = [c for c in ("epoch", "phase", "lr", "loss", "val_loss") if c not in df.columns]
+    if missing or df.empty:
+        raise ElasticKerasError(f"{path}: not a history.csv (missing columns {missing} or no rows)")
+    return df
 
 
 def open_run(path):

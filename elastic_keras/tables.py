@@ -1,499 +1,270 @@
-"""Tables I and II of the paper, gathered from run directories, with the paper's numbers beside ours."""
+"""Tables I and II of the paper from finished runs, the paper's numbers beside ours, and --check."""
 
-import csv
-import io as _io
 import math
 import os
+from dataclasses import dataclass, field
 
-from . import files
+from . import paper, rundir
+from .config import PROTOCOLS
+from .cifar import CIFAR
 from .errors import ElasticKerasError
-from .registry import TABLE1_BACKBONES, get_spec
-from .rundir import HISTORY, RunDir
 
-DATASETS = ("cifar10", "cifar100")  # Table I's column groups, in the paper's order
-DATASET_TITLES = {"cifar10": "CIFAR-10", "cifar100": "CIFAR-100"}
-TABLE2_DATASET = "cifar100"
-TABLE2_ELASTIC = "densenet169"  # Table II: every exit of Elastic-DenseNet-169 ...
-TABLE2_PLAIN = ("densenet169", "densenet121")  # ... beside these plain networks
-PAPER_DIR_ENV = "ELASTIC_PAPER_DIR"
-BLANK = "—"  # markdown cell of a number we do not have
-
-# Missing or unfinished runs leave our cells blank; paper numbers never fill them.
+DATASETS = tuple(CIFAR)  # Table I's column groups, in the paper's order
 MISSING, UNFINISHED, FINISHED = "missing", "unfinished", "finished"
 
 
-# ---------------------------------------------------------------------------------------
-# Locating runs and the paper's numbers
+@dataclass(frozen=True)
+class Row:
+    """One row of Table I: its label, the backbone of its runs, its row in the paper."""
+
+    model: str
+    backbone: str
+    paper_model: str
+    plain_backbone: str = ""  # the baseline's backbone, when not the row's own
+
+    @property
+    def baseline(self):
+        return self.plain_backbone or self.backbone
+
+
+TABLE1_ROWS = (
+    Row("DenseNet-121", "densenet121", "DenseNet-121"),
+    Row("DenseNet-169", "densenet169", "DenseNet-169"),
+    Row("InceptionV3", "inceptionv3", "InceptionV3"),
+    Row("MobileNet", "mobilenet", "MobileNet"),
+    # The paper's MobileNet numbers came from the authors' alpha-0.75 variant (FIDELITY.md A8).
+    Row("MobileNet (authors' code)", "mobilenet_authors", "MobileNet"),
+    Row("VGG-16", "vgg16", "VGG-16"),
+    Row("ResNet-50", "resnet50", "ResNet-50"),
+    # ResNet-50-5's baseline is plain ResNet-50: the paper prints the same numbers (FIDELITY.md G2).
+    Row("ResNet-50-5", "resnet50_5", "ResNet-50-5", plain_backbone="resnet50"),
+)
+TABLE2_DATASET, TABLE2_ELASTIC, TABLE2_PLAIN = "cifar100", "densenet169", ("densenet169",
+                                                                             "densenet121")
 
 
 def run_name(dataset, backbone, plain):
-    """The run (and config) name of one Table I cell: `{dataset}-{backbone}-{elastic|plain}`."""
+    """The run (and packaged config) name of a table cell: cifar10-mobilenet-elastic."""
     return f"{dataset}-{backbone}-{'plain' if plain else 'elastic'}"
 
 
-def run_path(runs_root, profile, dataset_tag, dataset, name):
-    """runs_root/<profile>/<tag>/<name>; with no tag, the tag is the CIFAR dataset itself."""
-    return os.path.join(os.fspath(runs_root), profile, dataset_tag or dataset, name)
+def table1_rows(protocol="paper"):
+    """The rows of Table I. Under a protocol that swaps a backbone for its authors' variant
+    (--protocol authors), the variant's own row would train the same runs twice: dropped."""
+    swapped = set(PROTOCOLS[protocol]["backbones"].values())
+    return [r for r in TABLE1_ROWS if r.backbone not in swapped]
 
 
-def load_run(runs_root, profile, dataset_tag, dataset, name):
-    """(status, results or None) of one run; results only when the run is finished.
-
-    A finished run whose results.json names another profile or dataset than the one asked
-    for is refused: the tables say which profile and data produced them.
-    """
-    path = run_path(runs_root, profile, dataset_tag, dataset, name)
-    if not os.path.isdir(path):
-        return MISSING, None
-    run = RunDir(path)
-    if not run.finished:
-        return UNFINISHED, None
-    res = run.results
-    expected = {"profile": profile, "dataset": dataset_tag or dataset}
-    for key, want in expected.items():
-        if key in res and res[key] != want:
-            raise ElasticKerasError(
-                f"{path}: results.json says {key} {res[key]!r}, but the table is for "
-                f"{key} {want!r}; move the run or pass the matching --profile/--dataset-tag")
-    return FINISHED, res
+def table_runs(table, protocol="paper"):
+    """The run names of a table, in order."""
+    if table == "table2":
+        return [run_name(TABLE2_DATASET, TABLE2_ELASTIC, False)] + [
+            run_name(TABLE2_DATASET, b, True) for b in TABLE2_PLAIN]
+    if table != "table1":
+        raise ElasticKerasError(f"unknown table {table!r}; valid: table1, table2")
+    names = [run_name(ds, b, plain) for ds in DATASETS for r in table1_rows(protocol)
+             for b, plain in ((r.backbone, False), (r.baseline, True))]
+    return list(dict.fromkeys(names))
 
 
-def default_paper_dir():
-    """$ELASTIC_PAPER_DIR, else <repo>/../shared/reference."""
-    env = os.environ.get(PAPER_DIR_ENV)
-    if env:
-        return env
-    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    return os.path.join(os.path.dirname(repo), "shared", "reference")
+@dataclass
+class Runs:
+    """Finished runs under runs_root/<setting>/<tag or dataset>/, read once each."""
+
+    root: str
+    setting: str
+    tag: str = None
+    protocol: str = "paper"
+    seen: dict = field(default_factory=dict)  # name -> (status, path, results or None)
+
+    def get(self, dataset, name):
+        """Results of a finished run, else None (a blank cell: FIDELITY.md G4); the runs of a
+        data tag all live in one folder (FIDELITY.md G6)."""
+        if name not in self.seen:
+            path = rundir.run_path(self.root, self.setting, self.tag or dataset, name)
+            run = rundir.RunDir(path)
+            status = MISSING if not os.path.isdir(path) else \
+                FINISHED if run.finished else UNFINISHED
+            results = run.results if status == FINISHED else None
+            if results is not None:
+                self._check_provenance(path, results, dataset)
+            self.seen[name] = (status, path, results)
+        return self.seen[name][2]
+
+    def _check_provenance(self, path, res, dataset):  # FIDELITY.md G5
+        expected = {"dataset": self.tag or dataset, "protocol": self.protocol}
+        for key, want in expected.items():
+            if res.get(key, want) != want:
+                raise ElasticKerasError(
+                    f"{path}: results.json says {key} {res[key]!r}, but the table is for "
+                    f"{key} {want!r}; move the run or pass the matching options")
+
+    def environments(self, names):
+        """'backend / device' of the finished runs among `names` ('' when none)."""
+        found = {f"{r['backend']} / {r['device']}" for n in names
+                 if n in self.seen and (r := self.seen[n][2]) and "backend" in r}
+        return "; ".join(sorted(found))
 
 
-def read_paper(paper_csv):
-    """The paper's table as {model: {column: float or str}}, or None when the file is absent."""
-    if paper_csv is None or not os.path.isfile(paper_csv):
-        return None
-    with open(paper_csv, newline="", encoding="utf-8") as f:
-        rows = list(csv.DictReader(f))
-    if not rows or "model" not in rows[0]:
-        raise ElasticKerasError(f"paper table {paper_csv}: expected a 'model' column")
-    return {r["model"]: {k: _num(v) for k, v in r.items() if k != "model"} for r in rows}
-
-
-def _num(text):
-    try:
-        return float(text)
-    except (TypeError, ValueError):
+def error_at(results, exit_kind):
+    """Test error (%) of a finished run at its final or penultimate exit; NaN if absent. The
+    final exit's, at the best checkpoint by validation loss (FIDELITY.md G3)."""
+    if results is None:
         return math.nan
-
-
-def _nan(x):
-    return x is None or (isinstance(x, float) and math.isnan(x))
-
-
-def _sub(a, b):
-    return math.nan if _nan(a) or _nan(b) else a - b
+    exits = results["exits"]
+    if exit_kind == "penultimate":
+        return exits[-2]["test_error_pct"] if len(exits) > 1 else math.nan
+    return float(exits[-1]["test_error_pct"])
 
 
 def improvement_pct(without, with_):
-    """The paper's "Improvement" (Table I): (err_without - err_with) / err_without, in %."""
-    if _nan(without) or _nan(with_) or without == 0:
+    """The paper's "Improvement" (Table I): (err_without - err_with) / err_without, in %, from
+    unrounded errors (FIDELITY.md G1)."""
+    if math.isnan(without) or math.isnan(with_) or without == 0:
         return math.nan
     return 100.0 * (without - with_) / without
 
 
-def final_error(results):
-    """Final-exit test error (%) of a finished run."""
-    if results is None:
-        return math.nan
-    if "final_test_error_pct" in results:
-        return float(results["final_test_error_pct"])
-    return float(results["exits"][-1]["test_error_pct"])
+def _source_run(src, protocol):
+    """The run name a paper number was measured on (None where no Table I run matches)."""
+    if not src["run"]:
+        return None
+    backbone = {v: k for k, v in PROTOCOLS[protocol]["backbones"].items()}.get(src["run"],
+                                                                              src["run"])
+    return run_name(src["dataset"], backbone, src["column"] == "without")
 
 
-# ---------------------------------------------------------------------------------------
-# Table I
+def _cell(row, ds, key, runs, src, selected):
+    """Ours, the paper's, their difference (like with like only), and the paper's mark."""
+    backbone, plain = (row.baseline, True) if key == "without" else (row.backbone, False)
+    name = run_name(ds, backbone, plain)
+    ours = error_at(runs.get(ds, name), "final") if name in selected else math.nan
+    matches = _source_run(src, runs.protocol)
+    marks = ("a" if matches not in (None, name) else "") + \
+        {"penultimate": "p", "unknown": "?"}.get(src["exit"], "")
+    diff = ours - src["paper"] if not marks else math.nan
+    return name, ours, src["paper"], diff, marks
 
 
-def table1(runs_root, profile, dataset_tag=None, paper_csv=None):
-    """Table I (paper section IV-B): final-exit test error without / with exits, both CIFARs.
-
-    Rows in the paper's order. Our columns `{ds}_without`, `{ds}_with`,
-    `{ds}_improvement_pct`; the paper's the same with `_paper`; `_diff` = ours - paper.
-    ResNet-50-5's "without" is the plain ResNet-50 run, as in the paper. dataset_tag: the
-    folder under runs_root/<profile>/ holding the runs; None means each column group's
-    own dataset (cifar10, cifar100). Returns a pandas DataFrame (NaN = not available);
-    `df.attrs["runs"]` maps each run looked for to (status, path).
-    """
-    import pandas as pd
-
-    paper = read_paper(paper_csv)
-    runs, rows = {}, []
-    for backbone in TABLE1_BACKBONES:
-        spec = get_spec(backbone)
-        # ResNet-50-5 shares its baseline with ResNet-50 (the paper repeats 5.54 / 21.96).
-        plain_backbone = "resnet50" if backbone == "resnet50_5" else backbone
-        row = {"profile": profile, "dataset": _dataset_label(dataset_tag),
-               "model": spec.paper_name, "backbone": backbone}
-        p = (paper or {}).get(spec.paper_name, {})
-        for ds in DATASETS:
-            ours = {}
-            for key, bb, plain in (("without", plain_backbone, True), ("with", backbone, False)):
-                name = run_name(ds, bb, plain)
-                status, res = load_run(runs_root, profile, dataset_tag, ds, name)
-                runs[name] = (status, run_path(runs_root, profile, dataset_tag, ds, name))
-                ours[key] = final_error(res)
-            ours["improvement_pct"] = improvement_pct(ours["without"], ours["with"])
-            for key in ("without", "with", "improvement_pct"):
-                row[f"{ds}_{key}"] = ours[key]
-            for key in ("without", "with", "improvement_pct"):
-                row[f"{ds}_{key}_paper"] = p.get(f"{ds}_{key}", math.nan)
-            for key in ("without", "with", "improvement_pct"):
-                row[f"{ds}_{key}_diff"] = _sub(row[f"{ds}_{key}"], row[f"{ds}_{key}_paper"])
-        rows.append(row)
-    df = pd.DataFrame(rows)
-    df.attrs["runs"] = runs
-    df.attrs["paper"] = paper is not None
-    return df
+def table1(runs, selected=None):
+    """Table I (paper section IV-B) from `runs` (a Runs): final-exit test error without and
+    with exits, improvement, the paper's numbers and marks; rows and dataset groups that
+    hold no `selected` run are left out (FIDELITY.md G9). Returns (rows, like-with-like
+    comparisons)."""
+    sources = {(s["model"], s["dataset"], s["column"]): s for s in paper.table1_sources()}
+    printed = paper.table1()
+    selected = set(selected or table_runs("table1", runs.protocol))
+    groups = [ds for ds in DATASETS if any(n.startswith(ds + "-") for n in selected)]
+    rows = []
+    for row in table1_rows(runs.protocol):
+        names = [run_name(ds, b, p) for ds in groups
+                 for b, p in ((row.baseline, True), (row.backbone, False))]
+        if not set(names) & selected:
+            continue
+        out = {"setting": runs.setting, "dataset": runs.tag or "/".join(groups),
+               "model": row.model, "backbone": row.backbone}
+        for ds in groups:
+            for key in ("without", "with"):
+                name, ours, theirs, diff, mark = _cell(
+                    row, ds, key, runs, sources[(row.paper_model, ds, key)], selected)
+                out.update({f"{ds}_{key}": ours, f"{ds}_{key}_paper": theirs,
+                            f"{ds}_{key}_diff": diff, f"{ds}_{key}_mark": mark})
+            imp = improvement_pct(out[f"{ds}_without"], out[f"{ds}_with"])
+            imp_paper = printed[row.paper_model][f"{ds}_improvement_pct"]
+            like = not out[f"{ds}_without_mark"] and not out[f"{ds}_with_mark"]
+            out.update({f"{ds}_improvement_pct": imp, f"{ds}_improvement_pct_paper": imp_paper,
+                        f"{ds}_improvement_pct_diff": imp - imp_paper if like else math.nan})
+        out["environment"] = runs.environments(names)
+        rows.append(out)
+    shown = {r["model"] for r in rows}
+    return rows, like_with_like(runs, selected, groups,
+                                {row.paper_model for row in TABLE1_ROWS if row.model in shown})
 
 
-def _dataset_label(dataset_tag):
-    """The `dataset` column: the tag, or both CIFARs when each group reads its own."""
-    return dataset_tag or "cifar10/cifar100"
-
-
-# ---------------------------------------------------------------------------------------
-# Table II
-
-
-def table2(runs_root, profile, dataset_tag=None, paper_csv=None, compute_missing=False):
-    """Table II (paper section IV-B): CIFAR-100 error of each Elastic-DenseNet-169 exit.
-
-    One row per exit of the elastic DenseNet-169 run (named after its convolution layers,
-    as the paper does), then plain DenseNet-169 and DenseNet-121. `params_millions`
-    follows the paper: everything up to and including the exit, the final elastic row the
-    whole elastic model (`exits[i]["params"]`). Elastic rows meet the paper's rows by
-    depth order. compute_missing: fill conv layers / params of a missing run from the
-    model definition (224x224, 100 classes, no training); `counts_source` says "run" or
-    "computed". The error of a missing run is always blank.
-    """
-    import pandas as pd
-
-    paper = read_paper(paper_csv)
-    paper_rows = list((paper or {}).items())
-    paper_elastic = [(k, v) for k, v in paper_rows if k.startswith("Elastic-")]
-    runs, rows = {}, []
-    label = dataset_tag or TABLE2_DATASET
-
-    def row(model, conv, params, source, err, p):
-        return {"profile": profile, "dataset": label, "model": model,
-                "conv_layers": conv, "params_millions": params, "counts_source": source,
-                "cifar100_error_pct": err,
-                "conv_layers_paper": p.get("conv_layers", math.nan),
-                "params_millions_paper": p.get("params_millions", math.nan),
-                "cifar100_error_pct_paper": p.get("cifar100_error_pct", math.nan),
-                "cifar100_error_pct_diff": _sub(err, p.get("cifar100_error_pct", math.nan))}
-
-    # Elastic-DenseNet-169: one row per exit.
-    spec = get_spec(TABLE2_ELASTIC)
-    name = run_name(TABLE2_DATASET, TABLE2_ELASTIC, False)
-    status, res = load_run(runs_root, profile, dataset_tag, TABLE2_DATASET, name)
-    runs[name] = (status, run_path(runs_root, profile, dataset_tag, TABLE2_DATASET, name))
-    if res is not None:
-        exits = [(e["conv_layers"], e["params"], "run", e["test_error_pct"]) for e in res["exits"]]
-    elif compute_missing:
-        exits = [(e.conv_layers, e.params, "computed", math.nan)
-                 for e in _computed_exits(TABLE2_ELASTIC, plain=False)]
-    else:
-        exits = [(math.nan, math.nan, "", math.nan)] * spec.num_outputs
-    for i, (conv, params, source, err) in enumerate(exits):
-        pname, p = paper_elastic[i] if i < len(paper_elastic) else (None, {})
-        if not _nan(conv):
-            model = f"Elastic-{spec.paper_name}-output-{int(conv)}"
-        else:  # no count of ours: the paper's row name at that depth, else the exit index
-            model = pname or f"Elastic-{spec.paper_name}-exit-{i + 1}"
-        rows.append(row(model, conv, _millions(params), source, _float(err), p))
-
-    # The plain baselines: their single (final) exit.
-    for backbone in TABLE2_PLAIN:
-        spec = get_spec(backbone)
-        name = run_name(TABLE2_DATASET, backbone, True)
-        status, res = load_run(runs_root, profile, dataset_tag, TABLE2_DATASET, name)
-        runs[name] = (status, run_path(runs_root, profile, dataset_tag, TABLE2_DATASET, name))
-        if res is not None:
-            e = res["exits"][-1]
-            conv, params, source = e["conv_layers"], e["params"], "run"
-        elif compute_missing:
-            e = _computed_exits(backbone, plain=True)[-1]
-            conv, params, source = e.conv_layers, e.params, "computed"
+def like_with_like(runs, selected, groups, models):
+    """Each paper number of Table I (of the `models` shown) beside the run and exit of ours
+    it was measured on."""
+    found = []
+    for src in paper.table1_sources():
+        name = _source_run(src, runs.protocol)
+        if src["dataset"] not in groups or src["model"] not in models:
+            continue
+        if name is None or name not in selected:
+            status, ours = "no matching run in this table", math.nan
         else:
-            conv, params, source = math.nan, math.nan, ""
-        p = (paper or {}).get(spec.paper_name, {})
-        rows.append(row(spec.paper_name, conv, _millions(params), source, final_error(res), p))
-
-    df = pd.DataFrame(rows)
-    df.attrs["runs"] = runs
-    df.attrs["paper"] = paper is not None
-    return df
+            results = runs.get(src["dataset"], name)
+            status = runs.seen[name][0]
+            ours = error_at(results, "penultimate" if src["exit"] == "penultimate" else "final")
+        found.append({**src, "ours_run": name or "", "ours": ours, "status": status,
+                      "diff": ours - src["paper"]})
+    return found
 
 
-def _millions(params):
-    return math.nan if _nan(params) else params / 1e6
+def table2(runs, compute_missing=False):
+    """Table II (paper section IV-B): CIFAR-100 error of each Elastic-DenseNet-169 exit
+    (named after its convolution layers, params up to and including it, the last row the
+    whole elastic model), then plain DenseNet-169 and DenseNet-121; the paper's rows beside
+    (elastic rows by depth order, plain rows by name; FIDELITY.md G10). compute_missing:
+    conv layers and params of a missing run from the model definition (224 px, 100 classes;
+    FIDELITY.md G11)."""
+    from .registry import get_spec
 
-
-def _float(x):
-    return math.nan if _nan(x) else float(x)
-
-
-def _computed_exits(backbone, plain):
-    """Conv layers and params from the model definition (no weights, no data)."""
-    from .models import build_model, exit_info
-
-    return exit_info(build_model(backbone, 100, input_size=224, weights=None, plain=plain))
-
-
-# ---------------------------------------------------------------------------------------
-# Writing
-
-
-T1_FORMATS = {"without": 2, "with": 2, "improvement_pct": 2}  # decimals in the csv
-T2_FORMATS = {"conv_layers": 0, "params_millions": 2, "cifar100_error_pct": 2,
-              "conv_layers_paper": 0, "params_millions_paper": 2,
-              "cifar100_error_pct_paper": 2, "cifar100_error_pct_diff": 2}
-
-
-def _fmt(x, decimals, blank=""):
-    if _nan(x):
-        return blank
-    if isinstance(x, str):
-        return x
-    if decimals == 0:
-        return str(int(round(x)))
-    s = f"{x:.{decimals}f}"
-    return "0." + "0" * decimals if s == "-0." + "0" * decimals else s
-
-
-def _decimals_t1(column):
-    """Decimals of a Table I csv column: `{ds}_{key}[_paper|_diff]`; None for text columns."""
-    for ds in DATASETS:
-        if column.startswith(ds + "_"):
-            key = column[len(ds) + 1:].removesuffix("_paper").removesuffix("_diff")
-            return T1_FORMATS.get(key)
-    return None
-
-
-def to_csv_text(df, decimals):
-    """CSV with fixed decimals per column, blanks for NaN: byte-identical for equal input."""
-    buf = _io.StringIO()
-    writer = csv.writer(buf, lineterminator="\n")
-    writer.writerow(df.columns)
-    for rec in df.to_dict("records"):
-        writer.writerow([_fmt(rec[c], d) if (d := decimals(c)) is not None else
-                         ("" if _nan(rec[c]) else rec[c]) for c in df.columns])
-    return buf.getvalue()
-
-
-def is_reproduction(profile, dataset_tag):
-    """Only the paper profile on CIFAR data reproduces the paper; the rest test the pipeline."""
-    return profile == "paper" and dataset_tag in (None, *DATASETS)
-
-
-def _header(title, profile, dataset_tag, runs_root, paper_csv, paper_found):
-    where = os.path.join(os.fspath(runs_root), profile, dataset_tag or "{cifar10,cifar100}")
-    lines = [f"# {title}", "",
-             f"Profile: `{profile}`; data: `{_dataset_label(dataset_tag)}`; runs: `{where}/`.", ""]
-    if not is_reproduction(profile, dataset_tag):
-        lines += [f"> **NOT a reproduction.** These numbers come from the `{profile}` profile "
-                  f"on `{_dataset_label(dataset_tag)}` data, not from the paper's protocol on "
-                  "CIFAR: they exercise the pipeline (smoke/demo) and are not comparable with "
-                  "the paper's numbers beside them.", ""]
-    source = (f"`{os.path.basename(paper_csv)}` (the paper's own numbers)" if paper_found
-              else "not found: paper columns are blank")
-    lines += ["Generated by `scripts/make_tables.py` from each run's `results.json`; never "
-              f"edited by hand. Paper values: {source}. Δ = ours − paper. "
-              f"{BLANK}: not available (run missing or unfinished; paper numbers never stand "
-              "in for ours).", ""]
-    return lines
-
-
-def _runs_section(runs):
-    missing = [(n, s, p) for n, (s, p) in runs.items() if s != FINISHED]
-    if not missing:
-        return ["All runs finished.", ""]
-    lines = ["Runs not available:", ""]
-    lines += [f"- `{n}`: {s} (`{p}`)" for n, s, p in missing]
-    return lines + [""]
-
-
-def _md_table(header, rows):
-    out = ["| " + " | ".join(header) + " |",
-           "|" + "|".join("---" if i == 0 else "---:" for i in range(len(header))) + "|"]
-    out += ["| " + " | ".join(r) + " |" for r in rows]
-    return out
-
-
-def table1_markdown(df, profile, dataset_tag, runs_root, paper_csv):
-    """Markdown of Table I: one sub-table per dataset, ours / paper / Δ side by side."""
-    lines = _header("Table I: final-exit test error (%) without and with exits", profile,
-                    dataset_tag, runs_root, paper_csv, df.attrs.get("paper", False))
-    for ds in DATASETS:
-        lines += [f"## {DATASET_TITLES[ds]}", ""]
-        header = ["Model"]
-        for key, title, _ in _T1_MD:
-            header += [title, "paper", "Δ"]
-        rows = []
-        for rec in df.to_dict("records"):
-            cells = [rec["model"]]
-            for key, _, d in _T1_MD:
-                cells += [_fmt(rec[f"{ds}_{key}"], d, BLANK),
-                          _fmt(rec[f"{ds}_{key}_paper"], d, BLANK),
-                          _signed(rec[f"{ds}_{key}_diff"], d)]
-            rows.append(cells)
-        lines += _md_table(header, rows) + [""]
-    lines += ["Improvement = (without − with) / without, in %, from our unrounded errors "
-              "(the paper's definition). ResNet-50-5's \"without\" is the plain ResNet-50 "
-              "run, as in the paper.", ""]
-    return "\n".join(lines + _runs_section(df.attrs.get("runs", {})))
-
-
-_T1_MD = (("without", "without exits", 2), ("with", "with exits", 2),
-          ("improvement_pct", "improvement %", 1))
-
-
-def _signed(x, decimals):
-    s = _fmt(x, decimals, BLANK)
-    return s if s == BLANK or s.startswith("-") else "+" + s
-
-
-def table2_markdown(df, profile, dataset_tag, runs_root, paper_csv):
-    """Markdown of Table II: per-exit rows, ours / paper / Δ."""
-    lines = _header("Table II: CIFAR-100 test error (%) of each exit of Elastic-DenseNet-169",
-                    profile, dataset_tag, runs_root, paper_csv, df.attrs.get("paper", False))
-    header = ["Model", "conv layers", "params (M)", "test error %", "paper conv", "paper params (M)",
-              "paper error %", "Δ error"]
+    printed = paper.table2()
+    elastic_paper = [r for r in printed if r["model"].startswith("Elastic-")]
     rows = []
-    computed = False
-    for rec in df.to_dict("records"):
-        mark = "*" if rec["counts_source"] == "computed" else ""
-        computed |= bool(mark)
-        rows.append([rec["model"], _fmt(rec["conv_layers"], 0, BLANK) + mark,
-                     _fmt(rec["params_millions"], 2, BLANK) + mark,
-                     _fmt(rec["cifar100_error_pct"], 2, BLANK),
-                     _fmt(rec["conv_layers_paper"], 0, BLANK),
-                     _fmt(rec["params_millions_paper"], 2, BLANK),
-                     _fmt(rec["cifar100_error_pct_paper"], 2, BLANK),
-                     _signed(rec["cifar100_error_pct_diff"], 2)])
-    lines += _md_table(header, rows) + [""]
-    lines += ["Params: everything up to and including the exit; the last elastic row counts the "
-              "whole elastic model (the paper's convention). Conv layers and params of a "
-              "trained run are those of its own model (input size of its profile).", ""]
-    if computed:
-        lines += ["\\* computed from the model definition (224x224 input, 100 classes, no "
-                  "training): the run is missing, so its error is blank.", ""]
-    return "\n".join(lines + _runs_section(df.attrs.get("runs", {})))
+
+    def add(model, conv, params, source, err, p):
+        rows.append({"setting": runs.setting, "dataset": runs.tag or TABLE2_DATASET,
+                     "model": model, "conv_layers": conv, "params_millions": params / 1e6,
+                     "counts_source": source, "cifar100_error_pct": err,
+                     "conv_layers_paper": p.get("conv_layers", math.nan),
+                     "params_millions_paper": p.get("params_millions", math.nan),
+                     "cifar100_error_pct_paper": p.get("cifar100_error_pct", math.nan),
+                     "cifar100_error_pct_diff": err - p.get("cifar100_error_pct", math.nan)})
+
+    for backbone, plain in [(TABLE2_ELASTIC, False)] + [(b, True) for b in TABLE2_PLAIN]:
+        spec = get_spec(backbone)
+        results = runs.get(TABLE2_DATASET, run_name(TABLE2_DATASET, backbone, plain))
+        exits = _table2_exits(results, backbone, plain, compute_missing)
+        for i, (conv, params, source, err) in enumerate(exits if not plain else exits[-1:]):
+            if plain:
+                add(spec.paper_name, conv, params, source, err,
+                    next((r for r in printed if r["model"] == spec.paper_name), {}))
+                continue
+            p = elastic_paper[i] if i < len(elastic_paper) else {}
+            name = (f"Elastic-{spec.paper_name}-output-{int(conv)}" if not math.isnan(conv)
+                    else p.get("model", f"Elastic-{spec.paper_name}-exit-{i + 1}"))
+            add(name, conv, params, source, err, p)
+    return rows
 
 
-def default_prefix(profile, dataset_tag):
-    """'' for the paper profile on CIFAR; '<profile>-<tag>-' otherwise, so smoke never
-    overwrites the real tables."""
-    if is_reproduction(profile, dataset_tag) and dataset_tag is None:
-        return ""
-    return f"{profile}-{dataset_tag}-" if dataset_tag else f"{profile}-"
+def _table2_exits(results, backbone, plain, compute_missing):
+    """(conv layers, params, where they come from, test error) of each exit of a run."""
+    if results is not None:
+        return [(e["conv_layers"], e["params"], "run", e["test_error_pct"])
+                for e in results["exits"]]
+    if compute_missing:
+        from .models import build_model, exit_info
+
+        model = build_model(backbone, 100, input_size=224, weights=None, plain=plain)
+        return [(e.conv_layers, e.params, "computed", math.nan) for e in exit_info(model)]
+    from .registry import get_spec
+
+    return [(math.nan, math.nan, "", math.nan)] * (1 if plain else get_spec(backbone).num_outputs)
 
 
-def write_tables(runs_root, profile, dataset_tag=None, out_dir="results", paper_dir=None,
-                 prefix=None, compute_missing=False, log=print):
-    """Write <out>/<prefix>table1.{csv,md} and table2.{csv,md} atomically; return a dict.
-
-    paper_dir: folder with the paper's table1.csv / table2.csv (default: see
-    default_paper_dir); when absent the paper columns are blank and a note is logged.
-    The output depends only on the runs and the paper files: no timestamps.
-    """
-    if not profile or "/" in profile:
-        raise ElasticKerasError(f"profile must be a name without '/', got {profile!r}")
-    if dataset_tag is not None and (not dataset_tag or "/" in dataset_tag):
-        raise ElasticKerasError(f"dataset_tag must be a name without '/', got {dataset_tag!r}")
-    paper_dir = default_paper_dir() if paper_dir is None else os.fspath(paper_dir)
-    p1, p2 = (os.path.join(paper_dir, f"table{i}.csv") for i in (1, 2))
-    for p in (p1, p2):
-        if not os.path.isfile(p):
-            log(f"note: paper table not found: {p}; its paper columns are blank "
-                f"(set --paper-dir or ${PAPER_DIR_ENV})")
-    prefix = default_prefix(profile, dataset_tag) if prefix is None else prefix
-    t1 = table1(runs_root, profile, dataset_tag, p1)
-    t2 = table2(runs_root, profile, dataset_tag, p2, compute_missing=compute_missing)
-    out = {}
-    for key, df, md, decimals, paper_csv in (
-            ("table1", t1, table1_markdown, _decimals_t1, p1),
-            ("table2", t2, table2_markdown, T2_FORMATS.get, p2)):
-        csv_path = os.path.join(out_dir, f"{prefix}{key}.csv")
-        md_path = os.path.join(out_dir, f"{prefix}{key}.md")
-        files.write_text(csv_path, to_csv_text(df, decimals))
-        files.write_text(md_path, md(df, profile, dataset_tag, runs_root, paper_csv))
-        out[key] = df
-        out[f"{key}_csv"], out[f"{key}_md"] = csv_path, md_path
-    return out
-
-
-# ---------------------------------------------------------------------------------------
-# Checking against the paper, and reading histories
-
-
-CHECKED = tuple(f"{ds}_{k}_diff" for ds in DATASETS for k in ("without", "with")) + (
-    "cifar100_error_pct_diff",)
-
-
-def check_against_paper(tables, tol):
-    """Test errors of ours that differ from the paper's by more than `tol` points.
-
-    Like detectron2's verify_results. Only measured test errors are checked (the
-    improvement is derived from them). Returns (violations: list of str, checked: int).
-    """
-    if not isinstance(tol, (int, float)) or _nan(tol) or tol < 0:
+def check(table1_like, table2_rows, tol):
+    """Our test errors that differ from the paper's by more than `tol` points, each paper
+    number against the run and exit it was measured on (like detectron2's verify_results;
+    FIDELITY.md G13, A8).
+    Returns (violations, number compared)."""
+    if isinstance(tol, bool) or not isinstance(tol, (int, float)) or not tol >= 0:
         raise ElasticKerasError(f"tolerance must be a number >= 0, got {tol!r}")
-    violations, checked = [], 0
-    for key in ("table1", "table2"):
-        df = tables[key]
-        for rec in df.to_dict("records"):
-            for col in CHECKED:
-                if col in rec and not _nan(rec[col]):
-                    checked += 1
-                    if abs(rec[col]) > tol:
-                        what = col[: -len("_diff")]
-                        violations.append(
-                            f"{key} {rec['model']} {what}: ours {rec[what]:.2f}, paper "
-                            f"{rec[what + '_paper']:.2f}, diff {rec[col]:+.2f} > {tol}")
-    return violations, checked
-
-
-def read_history(path):
-    """A run's history.csv (a run directory or the file itself) as a DataFrame."""
-    import pandas as pd
-
-    path = os.fspath(path)
-    if os.path.isdir(path) or not path.endswith(".csv"):
-        path = os.path.join(path, HISTORY)
-    if not os.path.isfile(path):
-        raise ElasticKerasError(f"no training history: {path} not found (has the run trained?)")
-    df = pd.read_csv(path)
-    missing = [c for c in ("epoch", "phase", "lr", "loss", "val_loss") if c not in df.columns]
-    if missing or df.empty:
-        raise ElasticKerasError(f"{path}: not a history.csv (missing columns {missing} or no rows)")
-    return df
-
-
-def last_epoch_table(history):
-    """Per-exit losses and accuracies at the last epoch of a history, depth order."""
-    import pandas as pd
-
-    from .plots import metric_column, outputs_of
-
-    last = history.iloc[-1]
-    rows = []
-    for o in outputs_of(history):
-        rows.append({"output": o, **{
-            f"{'val_' if val else 'train_'}{m}": float(last[metric_column(history, o, m, val)])
-            for m in ("loss", "accuracy") for val in (False, True)
-            if metric_column(history, o, m, val) is not None}})
-    df = pd.DataFrame(rows).set_index("output")
-    df.attrs["epoch"] = int(last["epoch"])
-    df.attrs["phase"] = str(last["phase"])
-    return df
+    pairs = [(f"Table I {c['model']} {c['dataset']} {c['column']} ({c['exit']} exit of "
+              f"{c['ours_run']})", c["ours"], c["paper"]) for c in table1_like]
+    pairs += [(f"Table II {r['model']}", r["cifar100_error_pct"], r["cifar100_error_pct_paper"])
+              for r in table2_rows]
+    compared = [(what, o, p) for what, o, p in pairs if not (math.isnan(o) or math.isnan(p))]
+    violations = [f"{what}: ours {o:.2f}, paper {p:.2f}, diff {o - p:+.2f} > {tol}"
+                  for what, o, p in compared if abs(o - p) > tol]
+    return violations, len(compared)

@@ -65,13 +65,13 @@ def _resolved(cfg, data):
 
 
 def prepare(cfg, log=print):
-    """Data, network (with its initial weights), loss weights and trainer of a config."""
-    from .data import load_data
+    """Data, network (with its initial weights), loss weights and trainer of a config: all
+    built, and so checked, before the run directory is written (FIDELITY.md R4)."""
+    from .splits import load_data
     from .environment import describe, header
     from .internals import seed_everything
     from .losses import loss_weights
     from .models import exit_info, model_from_config
-    from .trainer import make_trainer
 
     env = describe()
     log(f"[{cfg['name']}] {header(env)}")
@@ -122,7 +122,8 @@ def start_phase(run, job, state, index, phases, log):
 
     name, phase = phases[index]
     heads = head_layers(job.net)
-    for layer in job.net.layers:  # 'heads': backbone frozen, BatchNorm in inference (T2)
+    # 'heads': backbone frozen, BatchNorm in inference mode (FIDELITY.md T2).
+    for layer in job.net.layers:
         layer.trainable = phase["trainable"] == "all" or layer.name in heads
     resuming = state["phase"] == name
     if not resuming:
@@ -213,3 +214,17 @@ def end_epoch(run, job, state, row, phase):
     run.write_state(state)
     run.write_history(state["history"], [e["output"] for e in job.net.exits])
     run.prune_checkpoints(state)
+
+
+def make_trainer(net, loss_weights, backprop="joint"):
+    """The trainer of a run: "joint" backpropagation of the summed loss (the paper), or
+    AuxNet's "multi_way" (one update per output, in series: multiway.py)."""
+    if backprop == "multi_way":
+        from .multiway import multi_way_trainer
+
+        return multi_way_trainer(net, loss_weights)
+    if backprop != "joint":
+        raise ValueError(f"unknown backprop {backprop!r}")
+    from .trainer import ExitTrainer
+
+    return ExitTrainer(net, loss_weights)

@@ -32,7 +32,7 @@ def exit_terms(probs, y):
 class ExitMetrics(keras.metrics.Metric):
     """Epoch means of every exit's loss, accuracy and clipped fraction, as ONE vector.
 
-    One metric object for all exits, one small vector update per step (FIDELITY.md T10).
+    One metric object for all exits, one small vector update per step (FIDELITY.md T10, B5).
     Keras converts every logged value to a Python float after every step (a device sync
     each); one vector instead of 3K scalars keeps that to one transfer. `named` unpacks
     it. The total loss is Keras' own loss tracker (`loss`).
@@ -102,9 +102,3 @@ class ExitTrainer(keras.Model):
         self.exit_metrics.update_state(ops.concatenate([ce, acc, clipped]), ops.shape(y)[0])
         return ops.sum(ops.convert_to_tensor(self.loss_weights, dtype=ce.dtype) * ce)
 
-
-def make_trainer(net, loss_weights, backprop="joint"):
-    """The trainer of a run: joint backpropagation of the summed loss (the paper)."""
-    if backprop != "joint":
-        raise ValueError(f"unknown backprop {backprop!r}")
-    return ExitTrainer(net, loss_weights)

@@ -1,12 +1,14 @@
 """Benchmark: latency of truncated predictors and of the early-exit cascade (CPU, batch 16).
 
+TensorFlow backend (the cascade's one-graph path is TensorFlow's).
+
 For MobileNet and DenseNet-169 (elastic, random weights, 10 classes, 224 px) it times, for
 every exit, its truncated predictor, a bare `keras.Model(model.input, <exit Dense>.output)`
 cut at the same layer, and the full model; then the cascade at threshold 0 (everyone leaves
 at exit 1) against the exit-1 predictor and at threshold 2 (nobody leaves early) against
 the full model. Every callable is one traced tf.function in inference mode, called the same
 way (input tensor in, numpy out); each comparison is timed in pairs (ABBA order) within
-shuffled rounds, and the median of the per-round ratios is reported.
+shuffled rounds, and the median of the per-round ratios is reported (FIDELITY.md I7).
 
     python scripts/bench_exit_latency.py [--quick]
 
@@ -84,13 +86,23 @@ def measure_pairs(pairs, rounds, seed=0):
             for name, ss in samples.items()}
 
 
+def compiled(fn, input_spec):
+    """`fn` (a Keras model) in inference mode as one traced tf.function, the batch dimension
+    free. XLA is off: on this CPU it was about 10 times slower (FIDELITY.md I6)."""
+    import tensorflow as tf
+
+    spec = tf.TensorSpec((None,) + tuple(input_spec.shape[1:]), input_spec.dtype)
+    return tf.function(lambda x: fn(x, training=False), input_signature=[spec])
+
+
 def bench(backbone, rounds, batch, size, classes=10):
     import keras
 
-    from elastic_keras import build_model, exit_info
-    from elastic_keras.inference import Cascade, compiled, truncated_predictor
-
     import tensorflow as tf
+
+    from elastic_keras import build_model, exit_info
+    from elastic_keras.cascade import Cascade
+    from elastic_keras.predictors import truncated_predictor
 
     model = build_model(backbone, classes, input_size=size, weights=None)
     info = exit_info(model)

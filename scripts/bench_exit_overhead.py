@@ -8,7 +8,9 @@ through the project's own trainer (`ExitTrainer.fit` on `Batches`, as train.py r
   exit's loss and accuracy tracked in one vector metric;
 - plain:   the plain MobileNet (final exit only) in the same trainer;
 - naive (--naive, for context): the elastic net compiled the stock Keras way, one loss
-  and one accuracy metric per output (13 of each).
+  and one accuracy metric per output (13 of each);
+- multi_way (--multi-way): the elastic net trained by AuxNet's multi-way backpropagation
+  (one update per output, in series; FIDELITY.md L4), timed against the joint step.
 
 Settings: 224 px batch 16 (the paper's protocol) and 64 px batch 64. Each round times,
 for every model in the order elastic, plain, [naive, naive,] plain, elastic (linear load
@@ -16,9 +18,10 @@ drifts cancel), a short and a long `fit`; the difference is the time of the extr
 without what a `fit` call costs whatever its length. Per round the ratio plain time /
 elastic time (= images/s elastic / plain) is taken, then the median over rounds.
 
-    python scripts/bench_exit_overhead.py [--backend jax] [--quick] [--naive]
+    python scripts/bench_exit_overhead.py [--backend jax] [--quick] [--naive] [--multi-way]
 
-Last line: ratio_224=<elastic/plain images/s at 224 px> ratio_64=<same at 64 px>.
+Last line: ratio_224=<elastic/plain images/s at 224 px> ratio_64=<same at 64 px>, and with
+--multi-way: multi_way_cost_224=<multi-way / joint time per step> (and _64).
 """
 
 import argparse
@@ -42,11 +45,12 @@ def _images(n, seed):
             rng.integers(0, CLASSES, n).astype(np.int32))
 
 
-def _models(size, naive):
-    """{name: (compiled keras model, label transform)} at one input size."""
+def _models(size, naive, multi_way):
+    """{name: compiled keras model} at one input size."""
     import keras
 
     from elastic_keras import build_model
+    from elastic_keras.train import make_trainer
     from elastic_keras.trainer import ExitTrainer
 
     def sgd():
@@ -66,6 +70,11 @@ def _models(size, naive):
         net.compile(optimizer=sgd(), loss=["sparse_categorical_crossentropy"] * k,
                     metrics=[["accuracy"] for _ in range(k)])
         models["naive"] = net
+    if multi_way:
+        net = build_model("mobilenet", CLASSES, input_size=size, weights=None,
+                          source_shape=(32, 32, 3))
+        models["multi_way"] = make_trainer(net, [1.0] * len(net.outputs), "multi_way")
+        models["multi_way"].compile(optimizer=sgd())
     return models
 
 
@@ -90,15 +99,17 @@ def _fit_seconds(model, data, steps):
     return time.perf_counter() - t0
 
 
-def bench(size, batch, rounds, lengths, naive):
-    """Paired measurement at one setting: {"elastic": ratio, "naive": ratio or None}."""
+def bench(size, batch, rounds, lengths, naive, multi_way):
+    """Paired measurement at one setting: {"elastic": ratio, ...} (plain time / model time;
+    multi_way: its time / the joint elastic time)."""
     from elastic_keras.batches import Batches
 
-    names = ["elastic", "plain"] + (["naive"] if naive else [])
+    names = ["elastic", "plain"] + (["naive"] if naive else []) + (
+        ["multi_way"] if multi_way else [])
     t0 = time.perf_counter()
-    models = _models(size, naive)
+    models = _models(size, naive, multi_way)
     x, y = _images(batch * (lengths[1] + 2), seed=size)
-    data = {"elastic": Batches(x, y, batch), "plain": Batches(x, y, batch)}
+    data = {n: Batches(x, y, batch) for n in ("elastic", "plain", "multi_way")}
     if naive:
         data["naive"] = _per_output(data["plain"], len(models["naive"].outputs))
     print(f"\n{size} px, batch {batch}: {rounds} rounds of {' '.join(names + names[::-1])}, "
@@ -120,9 +131,12 @@ def bench(size, batch, rounds, lengths, naive):
             f"{n} {steps * batch / per[n]:6.1f} img/s" for n in names)
             + f"  elastic/plain {per['plain'] / per['elastic']:.3f}", flush=True)
     out = {n: statistics.median(s["plain"] / s[n] for s in samples)
-           for n in names if n != "plain"}
+           for n in names if n not in ("plain", "multi_way")}
+    if multi_way:
+        out["multi_way"] = statistics.median(s["multi_way"] / s["elastic"] for s in samples)
     print(f"{size} px batch {batch}: elastic/plain images/s {out['elastic']:.3f}"
           + (f", naive Keras elastic/plain {out['naive']:.3f}" if naive else "")
+          + (f", multi-way/joint time per step {out['multi_way']:.3f}" if multi_way else "")
           + f" ({time.perf_counter() - t0:.0f} s)", flush=True)
     return out
 
@@ -134,6 +148,8 @@ def main(argv=None):
     p.add_argument("--quick", action="store_true", help="fewer rounds and steps (smoke run)")
     p.add_argument("--naive", action="store_true",
                    help="also the stock Keras multi-output compile, for context")
+    p.add_argument("--multi-way", action="store_true",
+                   help="also AuxNet's multi-way backpropagation, timed against joint")
     args = p.parse_args(argv)
     if args.backend:  # before Keras is imported
         os.environ["KERAS_BACKEND"] = args.backend
@@ -147,9 +163,11 @@ def main(argv=None):
     t0 = time.perf_counter()
     ratios = {}
     for size, batch, rounds, lengths in (QUICK if args.quick else SETTINGS):
-        ratios[size] = bench(size, batch, rounds, lengths, args.naive)
+        ratios[size] = bench(size, batch, rounds, lengths, args.naive, args.multi_way)
     print(f"\ntotal {time.perf_counter() - t0:.0f} s; target: elastic/plain >= 0.90")
-    print(f"ratio_224={ratios[224]['elastic']:.3f} ratio_64={ratios[64]['elastic']:.3f}")
+    print(f"ratio_224={ratios[224]['elastic']:.3f} ratio_64={ratios[64]['elastic']:.3f}"
+          + (f" multi_way_cost_224={ratios[224]['multi_way']:.3f} "
+             f"multi_way_cost_64={ratios[64]['multi_way']:.3f}" if args.multi_way else ""))
     return 0
 
 

@@ -94,10 +94,12 @@ def worker(args):
     with open(os.path.join(sync, f"ready-{args.id}.json"), "w") as f:
         json.dump({"warmup_s": time.time() - t0, "device": env["device"],
                    "backend": env["backend"], "outputs": len(net.outputs)}, f)
-    round_ = 0
+    round_, parent = 0, os.getppid()
     while True:
         go, stop = os.path.join(sync, f"go-{args.id}-{round_}"), os.path.join(sync, "stop")
         while not os.path.exists(go) and not os.path.exists(stop):
+            if os.getppid() != parent:  # the orchestrator died: so do we
+                return 1
             time.sleep(0.02)
         if os.path.exists(stop):
             return 0
@@ -181,8 +183,20 @@ def _hours(train_ips, eval_ips):
 
 
 def orchestrate(args):
-    sync = tempfile.mkdtemp(prefix="bench-gpu-")
-    wid, procs, model_of, packs = 0, {}, {}, {b: [] for b in PACK}
+    sync, procs = tempfile.mkdtemp(prefix="bench-gpu-"), {}
+    try:
+        return _orchestrate(args, sync, procs)
+    finally:  # whatever happened, no worker outlives the benchmark
+        open(os.path.join(sync, "stop"), "w").close()
+        for p in procs.values():
+            try:
+                p.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                p.kill()
+
+
+def _orchestrate(args, sync, procs):
+    wid, model_of, packs = 0, {}, {b: [] for b in PACK}
     t0 = time.time()
     workers = len(args.models) + sum(max(args.pack_counts) - 1 for b, p in args.models
                                       if b in PACK and not p)
@@ -214,12 +228,6 @@ def orchestrate(args):
         if n_key == sum(k.split("-")[0] in PACK for k in order) - 1:
             _pack(args, sync, packs, ready, round_of, procs, packed)
             _save(args, env, single, packed)
-    open(os.path.join(sync, "stop"), "w").close()
-    for p in procs.values():
-        try:
-            p.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            p.kill()
     report(args, env, single, packed, time.time() - t0)
 
 

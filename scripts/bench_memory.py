@@ -4,11 +4,11 @@ The paper's protocol trains on CIFAR's 40,000 training images upsampled to 224x2
 16, SGD with momentum 0.9. The authors' scripts upsample the whole set in memory first:
 40,000 x 224 x 224 x 3 float32 = 24 GB. Here the dataset stays uint8 at native size
 (40,000 x 32 x 32 x 3 = 123 MB, plus the 10,000 validation images) and is streamed by
-`data.batches`, the model resizing each batch in-graph (FIDELITY.md D3).
+`batches.Batches`, the model resizing each batch in-graph (FIDELITY.md D3).
 
 This script trains the elastic model of `--backbone` (default MobileNet, as in
 bench_exit_overhead.py; random weights, 10 classes, uniform loss weights) at 224 px in ExitTrainer,
-exactly as `train.py` does (`fit(batches(..., shuffle=True), validation_data=...)`), for
+exactly as `train.py` does (`fit(Batches(..., shuffle=True), validation_data=...)`), for
 `--steps` training steps (steps_per_epoch) and one validation pass of `--val-steps`
 batches (validation_steps), on synthetic CIFAR-shaped uint8 data of the real split's
 sizes. Memory is the process's peak resident set size (`getrusage` ru_maxrss).
@@ -76,26 +76,8 @@ def _rss_logger(every):
     return RSSLogger()
 
 
-def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--backbone", default="mobilenet")
-    p.add_argument("--steps", type=int, default=20,
-                   help="training steps (default 20; the peak is reached within the first few)")
-    p.add_argument("--val-steps", type=int, default=5,
-                   help="validation batches (default 5)")
-    p.add_argument("--size", type=int, default=224, help="input size (default 224, the paper's)")
-    p.add_argument("--batch", type=int, default=16, help="training batch (default 16, the paper's)")
-    p.add_argument("--eval-batch", type=int, default=64,
-                   help="validation batch (default 64, the config default)")
-    args = p.parse_args(argv)
-
-    t0 = time.perf_counter()
-    print(f"{os.cpu_count()} CPU cores; backbone {args.backbone}, {args.size} px, batch "
-          f"{args.batch}, {args.steps} training steps, {args.val_steps} validation batches "
-          f"of {args.eval_batch}")
-    report("start")
-
-    # Synthetic CIFAR-shaped uint8 data of the real split's sizes.
+def _data():
+    """Synthetic CIFAR-shaped uint8 data of the real split's sizes."""
     rng = np.random.default_rng(0)
     x_train = rng.integers(0, 256, (TRAIN_IMAGES, 32, 32, 3), dtype=np.uint8)
     y_train = rng.integers(0, CLASSES, TRAIN_IMAGES).astype(np.int32)
@@ -108,13 +90,36 @@ def main(argv=None):
     print(f"the authors' approach (training set upsampled in memory): {TRAIN_IMAGES:,} x 224 x "
           f"224 x 3 float32 = {authors / GB:.1f} GB ({authors / 2**30:.1f} GiB)")
     report("data generated")
+    return x_train, y_train, x_val, y_val, authors
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--backbone", default="mobilenet")
+    p.add_argument("--steps", type=int, default=20,
+                   help="training steps (default 20; the peak is reached within the first few)")
+    p.add_argument("--val-steps", type=int, default=5,
+                   help="validation batches (default 5)")
+    p.add_argument("--size", type=int, default=224, help="input size (default 224, the paper's)")
+    p.add_argument("--batch", type=int, default=16, help="training batch (default 16, the paper's)")
+    p.add_argument("--eval-batch", type=int, default=256,
+                   help="validation batch (default 256, the config default)")
+    args = p.parse_args(argv)
+
+    t0 = time.perf_counter()
+    print(f"{os.cpu_count()} CPU cores; backbone {args.backbone}, {args.size} px, batch "
+          f"{args.batch}, {args.steps} training steps, {args.val_steps} validation batches "
+          f"of {args.eval_batch}")
+    report("start")
+
+    x_train, y_train, x_val, y_val, authors = _data()
 
     import keras
     import tensorflow as tf
 
     from elastic_keras import build_model
-    from elastic_keras.data import batches
-    from elastic_keras.step import ExitTrainer
+    from elastic_keras.batches import Batches
+    from elastic_keras.trainer import ExitTrainer
 
     print(f"TensorFlow {tf.__version__}, Keras {keras.__version__}")
     report("TensorFlow imported")
@@ -132,9 +137,9 @@ def main(argv=None):
 
     t1 = time.perf_counter()
     hist = trainer.fit(
-        batches(x_train, y_train, args.batch, shuffle=True, seed=0, epoch=1),
+        Batches(x_train, y_train, args.batch, shuffle=True, seed=0, epoch=1),
         steps_per_epoch=args.steps,
-        validation_data=batches(x_val, y_val, args.eval_batch),
+        validation_data=Batches(x_val, y_val, args.eval_batch),
         validation_steps=args.val_steps, epochs=1, shuffle=False, verbose=0,
         callbacks=[_rss_logger(5)])
     logs = {k: float(v[-1]) for k, v in hist.history.items()}

@@ -103,7 +103,7 @@ def test_paper_profile_without_accelerator_stops_before_data_and_weights(tmp_pat
 
 
 def test_dry_run_prints_the_resolved_config(tmp_path):
-    r = _cli("train", "configs/table1/cifar10-vgg16-elastic.toml", "--dry-run",
+    r = _cli("train", "cifar10-vgg16-elastic", "--dry-run",
              "--set", "phases.full.epochs=3")
     assert r.returncode == 0, r.stderr
     cfg = json.loads(r.stdout)

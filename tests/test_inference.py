@@ -8,6 +8,7 @@ import sys
 import keras
 import numpy as np
 import pytest
+from conftest import tiny_cnn
 
 from elastic_keras import REGISTRY, ElasticKerasError, build_model, elastify, exit_info, get_spec
 from elastic_keras.budget import budget_sweep, thresholds_from_validation, write_budget
@@ -117,14 +118,7 @@ EXIT_MACS = [C1 + H1, C1 + C2 + H2, C1 + C2 + C3 + HF]  # each exit alone
 
 @pytest.fixture(scope="module")
 def tiny():
-    L = keras.layers
-    inp = keras.Input((8, 8, 3))
-    x = L.Conv2D(4, 3, padding="same", activation="relu", name="c1")(inp)
-    x = L.MaxPooling2D(name="p1")(x)
-    x = L.Conv2D(6, 3, padding="same", activation="relu", name="c2")(x)
-    x = L.MaxPooling2D(name="p2")(x)
-    x = L.Conv2D(8, 3, padding="same", activation="relu", name="c3")(x)
-    model = elastify(keras.Model(inp, x, name="tiny"), ["p1", "p2"], classes=C, dropout=0.1)
+    model = elastify(tiny_cnn(), ["p1", "p2"], classes=C, dropout=0.1)
     rng = np.random.default_rng(0)
     for w in model.weights:  # weights set so that confidences vary and overlap across exits
         w.assign(rng.normal(scale=0.5, size=w.shape).astype("float32"))
@@ -298,11 +292,11 @@ def test_budget_cli_and_script_report_missing_or_unfinished_runs(tmp_path):
     r = subprocess.run([sys.executable, "-m", "elastic_keras", "budget", str(tmp_path)],
                        capture_output=True, text=True, timeout=300, env=env)
     assert r.returncode == 2 and "not a run directory" in r.stderr and "Traceback" not in r.stderr
+    assert r.stderr.count("\n") == 1
     unfinished = tmp_path / "runs" / "smoke" / "cifar10" / "a"
     unfinished.mkdir(parents=True)
     (unfinished / "config.json").write_text("{}")
-    r = subprocess.run([sys.executable, os.path.join(REPO, "scripts", "budget_all.py"),
-                        str(tmp_path / "runs")], capture_output=True, text=True, timeout=300,
-                       env=env)
+    r = subprocess.run([sys.executable, "-m", "elastic_keras", "budget", str(tmp_path / "runs")],
+                       capture_output=True, text=True, timeout=300, env=env)
     assert r.returncode == 0, r.stderr
-    assert f"skip {unfinished}: not finished" in r.stdout and "no finished runs" in r.stdout
+    assert f"skip {unfinished}: not finished" in r.stdout and "0 finished run(s)" in r.stdout

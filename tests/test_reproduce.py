@@ -1,6 +1,5 @@
 """The reproduction drivers end to end on smoke runs (issue 4): tables, resume, figure, notebook."""
 
-import importlib.util
 import json
 import os
 import signal
@@ -11,7 +10,8 @@ import time
 import pytest
 
 from elastic_keras import ElasticKerasError
-from elastic_keras.reproduce import TABLES, run_configs, select
+from elastic_keras.reproduce import run_configs, select
+from elastic_keras.tables import table_runs
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RUNS = "cifar10-densenet121-elastic,cifar10-densenet121-plain"
@@ -27,8 +27,11 @@ def _reproduce(tmp, *extra, popen=False):
 
 
 def test_selection_and_data_replacement():
-    assert len(TABLES["table1"]) == 26 and len(TABLES["table2"]) == 3
-    assert set(TABLES["table2"]) < set(TABLES["table1"])
+    # 7 elastic + 6 plain models of the paper, and the authors' MobileNet (elastic and plain),
+    # on both datasets; Table II reuses three of them.
+    assert len(table_runs("table1")) == 30 and len(table_runs("table2")) == 3
+    assert set(table_runs("table2")) < set(table_runs("table1"))
+    assert len(table_runs("table1", "authors")) == 26  # their MobileNet *is* the MobileNet row
     assert select("table1", "mobilenet") == ["cifar10-mobilenet-elastic", "cifar10-mobilenet-plain",
                                              "cifar100-mobilenet-elastic", "cifar100-mobilenet-plain"]
     with pytest.raises(ElasticKerasError, match="match no run"):
@@ -72,15 +75,43 @@ def test_smoke_reproduce_resumes_rewrites_identically_and_feeds_figure_and_noteb
            or ",densenet121," in line][0]
     assert row.count(",,") < row.count(",")  # our cells are filled
     # Figure 3 from the histories (profile/data of the last reproduce by default).
-    fig = subprocess.run([sys.executable, os.path.join(REPO, "scripts", "figure3.py"),
+    fig = subprocess.run([sys.executable, "-m", "elastic_keras", "figure3",
                           "--runs-root", str(tmp_path / "runs"), "--out",
                           str(tmp_path / "fig3.png")], capture_output=True, text=True)
     assert fig.returncode == 0, fig.stderr
+    assert "using profile smoke, data synthetic" in fig.stdout
     assert (tmp_path / "fig3.png").read_bytes()[:4] == b"\x89PNG"
     # The notebook executes headless on these smoke results.
-    spec = importlib.util.spec_from_file_location(
-        "run_notebook", os.path.join(REPO, "scripts", "run_notebook.py"))
-    rn = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(rn)
-    rn.run_notebook(os.path.join(REPO, "notebooks", "loss_curves.ipynb"), run_dir=str(first),
-                    timeout=300)
+    sys.path.insert(0, os.path.join(REPO, "tests"))
+    from notebook import run_notebook
+
+    run_notebook(os.path.join(REPO, "notebooks", "loss_curves.ipynb"), run_dir=str(first),
+                 timeout=300)
+
+
+def test_a_built_wheel_reproduces_a_smoke_table_from_any_folder(tmp_path):
+    """Issue 11: configs and the paper's numbers are package data; nothing reads the clone."""
+    wheels, site, outside = tmp_path / "wheels", tmp_path / "site", tmp_path / "elsewhere"
+    outside.mkdir()
+    build = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w",
+                            str(wheels), REPO], capture_output=True, text=True, timeout=600)
+    assert build.returncode == 0, build.stderr
+    wheel = next(wheels.glob("elastic_keras-*.whl"))
+    inst = subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "-q",
+                           "--target", str(site), str(wheel)], capture_output=True, text=True,
+                          timeout=600)
+    assert inst.returncode == 0, inst.stderr
+    env = {**os.environ, "PYTHONPATH": str(site)}
+    where = subprocess.run([sys.executable, "-c", "import elastic_keras; print(elastic_keras.__file__)"],
+                           capture_output=True, text=True, cwd=outside, env=env)
+    assert where.stdout.startswith(str(site)), where.stdout  # the wheel's copy, not the clone
+    r = subprocess.run([sys.executable, "-m", "elastic_keras", "reproduce", "table1", "--profile",
+                        "smoke", "--data", "synthetic", "--runs", "cifar10-mobilenet-elastic",
+                        "--set", "model.alpha=0.25", "--set", "data.train_limit=40",
+                        "--set", "data.test_limit=20"], capture_output=True, text=True,
+                       cwd=outside, env=env, timeout=900)
+    assert r.returncode == 0, r.stderr
+    md = (outside / "results" / "smoke-synthetic-table1.md").read_text()
+    assert "| MobileNet | — | 10.37ᵃ |" in md and "7.82ᵃᵖ" in md  # the paper's numbers
+    assert (outside / "runs" / "smoke" / "synthetic" / "cifar10-mobilenet-elastic" /
+            "results.json").exists()

@@ -1,27 +1,31 @@
-"""Tables I/II, Figure 3 and the loss-curve notebook, on run directories fabricated here."""
+"""Tables I/II, the paper's numbers, Figure 3 and the notebook, on fabricated run directories."""
 
 import csv
-import importlib.util
 import json
 import math
 import os
+import re
+import subprocess
+import sys
 
 import pytest
 
+from elastic_keras import paper
 from elastic_keras.errors import ElasticKerasError
-from elastic_keras.plots import lr_drops, outputs_of, phase_boundaries
-from elastic_keras.tables import (check_against_paper, improvement_pct, last_epoch_table,
-                                  read_history, table1, table2, write_tables)
+from elastic_keras.plots import last_epoch_table, lr_drops, outputs_of, phase_boundaries
+from elastic_keras.render import write_tables
+from elastic_keras.rundir import history_columns, read_history
+from elastic_keras.tables import Runs, check, improvement_pct, table1, table2, table_runs
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PROFILE, TAG = "smoke", "synthetic"
+sys.path.insert(0, os.path.join(REPO, "tests"))
+from notebook import run_notebook  # noqa: E402
 
 
-def _script(name):
-    spec = importlib.util.spec_from_file_location(name, os.path.join(REPO, "scripts", f"{name}.py"))
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+def _cli(*args, cwd=None):
+    return subprocess.run([sys.executable, "-m", "elastic_keras", *args], capture_output=True,
+                          text=True, timeout=600, cwd=cwd)
 
 
 def make_run(root, name, errors=None, profile=PROFILE, tag=TAG, finished=True, outputs=None,
@@ -60,6 +64,7 @@ def make_run(root, name, errors=None, profile=PROFILE, tag=TAG, finished=True, o
                   "test_accuracy": 1 - err / 100}
                  for k, (o, c, p, err) in enumerate(zip(outputs, conv, params, errors))]
         res = {"name": name, "profile": profile, "dataset": tag, "config": cfg,
+               "backend": "tensorflow", "device": "CPU (test)",
                "checkpoint": {"epoch": 5, "phase": "full", "val_loss": 1.0}, "exits": exits,
                "final_test_error_pct": errors[-1]}
         with open(os.path.join(d, "results.json"), "w") as f:
@@ -68,28 +73,6 @@ def make_run(root, name, errors=None, profile=PROFILE, tag=TAG, finished=True, o
         json.dump({"status": "evaluated" if finished else "trained", "history": [],
                    "best": {"full": {"epoch": 5, "phase": "full", "val_loss": 1.0,
                                      "file": "ckpt/best-epoch-0005.weights.h5"}}}, f)
-    return d
-
-
-@pytest.fixture
-def paper_dir(tmp_path):
-    d = tmp_path / "paper"
-    d.mkdir()
-    (d / "table1.csv").write_text(
-        "model,cifar10_without,cifar10_with,cifar10_improvement_pct,cifar100_without,"
-        "cifar100_with,cifar100_improvement_pct\n"
-        "DenseNet-121,6.35,5.44,14.3,24.48,23.44,4.3\n"
-        "DenseNet-169,8.14,5.58,31.5,23.06,21.65,6.1\n"
-        "ResNet-50,5.54,6.19,-11.7,21.96,24.20,-10.2\n"
-        "ResNet-50-5,5.54,5.39,2.7,21.96,21.54,1.9\n")
-    (d / "table2.csv").write_text(
-        "model,conv_layers,params_millions,cifar100_error_pct\n"
-        "Elastic-DenseNet-169-output-14,14,0.39,73.37\n"
-        "Elastic-DenseNet-169-output-39,39,1.47,48.96\n"
-        "Elastic-DenseNet-169-output-104,104,6.71,22.86\n"
-        "Elastic-DenseNet-169-output-168,168,20.90,21.65\n"
-        "DenseNet-169,168,20.80,23.06\n"
-        "DenseNet-121,120,12.06,24.48\n")
     return d
 
 
@@ -103,11 +86,17 @@ def runs(tmp_path):
     make_run(root, "cifar10-densenet169-elastic", finished=False)  # trained, not evaluated
     make_run(root, "cifar100-densenet169-elastic", [73.0, 49.0, 23.0, 21.0])
     make_run(root, "cifar100-densenet121-plain", [25.0], conv=[120], params=[12_060_000])
+    make_run(root, "cifar10-mobilenet_authors-plain", [11.0])
+    make_run(root, "cifar10-mobilenet_authors-elastic", [40.0, 20.0, 9.5, 8.0])
     return root
 
 
-def _row(df, model):
-    return df[df["model"] == model].iloc[0]
+def _row(rows, model):
+    return next(r for r in rows if r["model"] == model)
+
+
+def _table1(root, selected=None, tag=TAG):
+    return table1(Runs(str(root), PROFILE, tag), selected)
 
 
 def test_improvement_is_relative_to_without():
@@ -116,115 +105,146 @@ def test_improvement_is_relative_to_without():
     assert math.isnan(improvement_pct(math.nan, 5.0))
 
 
-def test_table1_math_blanks_and_paper(runs, paper_dir):
-    df = table1(runs, PROFILE, TAG, paper_dir / "table1.csv")
-    assert list(df["model"]) == ["DenseNet-121", "DenseNet-169", "InceptionV3", "MobileNet",
-                                 "VGG-16", "ResNet-50", "ResNet-50-5"]
-    r = _row(df, "DenseNet-121")
+def test_the_papers_numbers_ship_with_the_package():
+    """Issue 10.1: read from package data, never from ../shared."""
+    assert paper.table1()["DenseNet-169"]["cifar10_with"] == 5.58
+    assert [r["params_millions"] for r in paper.table2()] == [0.39, 1.47, 6.71, 20.90, 20.80,
+                                                              12.06]
+    assert paper.bai_table2()[("MobileNet", 0.75)]["macs_last"] == 3.16e8
+    sources = paper.table1_sources()
+    assert len(sources) == 28 and {s["exit"] for s in sources} == {"final", "penultimate",
+                                                                   "unknown"}
+    code = [os.path.join(d, f) for top in ("elastic_keras", "scripts", "tests")
+            for d, _, fs in os.walk(os.path.join(REPO, top)) for f in fs
+            if f.endswith((".py", ".toml"))] + [os.path.join(REPO, "Makefile")]
+    for path in code:
+        if os.path.abspath(path) == os.path.abspath(__file__):  # this test names the folder
+            continue
+        text = open(path, encoding="utf-8").read()
+        assert not re.search(r"\.\./shared|[\"']shared[\"']", text), path
+
+
+def test_table1_math_blanks_marks_and_like_with_like(runs):
+    rows, like = _table1(runs)
+    assert [r["model"] for r in rows] == [
+        "DenseNet-121", "DenseNet-169", "InceptionV3", "MobileNet", "MobileNet (authors' code)",
+        "VGG-16", "ResNet-50", "ResNet-50-5"]
+    r = _row(rows, "DenseNet-121")
     assert (r["cifar10_without"], r["cifar10_with"]) == (8.0, 5.0)
     assert r["cifar10_improvement_pct"] == pytest.approx(37.5)
     assert r["cifar10_with_paper"] == 5.44 and r["cifar10_improvement_pct_paper"] == 14.3
-    assert r["cifar10_with_diff"] == pytest.approx(5.0 - 5.44)
+    assert r["cifar10_with_diff"] == pytest.approx(5.0 - 5.44) and r["cifar10_with_mark"] == ""
     assert r["cifar10_improvement_pct_diff"] == pytest.approx(37.5 - 14.3)
-    # ResNet-50-5's "without" is the plain ResNet-50 run
-    r5 = _row(df, "ResNet-50-5")
-    assert r5["cifar10_without"] == 6.0
-    assert r5["cifar10_improvement_pct"] == pytest.approx(25.0)
-    # missing / unfinished runs: blank, never the paper's numbers; paper columns still filled
-    r169 = _row(df, "DenseNet-169")
-    for col in ("cifar10_without", "cifar10_with", "cifar10_improvement_pct", "cifar10_with_diff",
-                "cifar100_without", "cifar100_improvement_pct"):
-        assert math.isnan(r169[col]), col
-    assert r169["cifar10_with_paper"] == 5.58
-    assert df.attrs["runs"]["cifar10-densenet169-elastic"][0] == "unfinished"
-    assert df.attrs["runs"]["cifar10-mobilenet-elastic"][0] == "missing"
-    assert math.isnan(_row(df, "ResNet-50")["cifar10_with"])  # resnet50 elastic missing
-    ours = [c for c in df.columns if c.startswith("cifar") and not c.endswith(("_paper", "_diff"))]
-    # only numbers from finished runs: D121 (cifar10 x3, cifar100 without), D169 (cifar100
-    # with), ResNet-50 (cifar10 without), ResNet-50-5 (cifar10 x3)
-    assert df[ours].notna().sum(axis=1).tolist() == [4, 1, 0, 0, 0, 1, 3]
+    r5 = _row(rows, "ResNet-50-5")  # its "without" is the plain ResNet-50 run
+    assert r5["cifar10_without"] == 6.0 and r5["cifar10_improvement_pct"] == pytest.approx(25.0)
+    r169 = _row(rows, "DenseNet-169")  # unfinished or missing: blank, paper still beside
+    assert math.isnan(r169["cifar10_with"]) and r169["cifar10_with_paper"] == 5.58
+    # Issue 10.5: the paper's MobileNet numbers are the authors' variant's; some are a
+    # penultimate exit's. Marked, and no difference against a run they were not measured on.
+    mob, authors = _row(rows, "MobileNet"), _row(rows, "MobileNet (authors' code)")
+    assert (mob["cifar10_without_mark"], mob["cifar10_with_mark"]) == ("a", "ap")
+    assert math.isnan(mob["cifar10_without_diff"])
+    assert (authors["cifar10_without_mark"], authors["cifar10_with_mark"]) == ("", "p")
+    assert authors["cifar100_with_mark"] == "?"
+    assert authors["cifar10_without"] == 11.0 and authors["cifar10_without_diff"] == \
+        pytest.approx(11.0 - 10.37)
+    assert _row(rows, "ResNet-50")["cifar100_with_mark"] == "p"
+    # Like with like: 7.82 against the penultimate exit of the authors' variant.
+    c = next(c for c in like if c["model"] == "MobileNet" and c["dataset"] == "cifar10"
+             and c["column"] == "with")
+    assert (c["ours_run"], c["exit"], c["ours"]) == ("cifar10-mobilenet_authors-elastic",
+                                                    "penultimate", 9.5)
+    inc = next(c for c in like if c["model"] == "InceptionV3" and c["column"] == "with"
+               and c["dataset"] == "cifar10")
+    assert inc["ours_run"] == "" and math.isnan(inc["ours"])
 
 
-def test_paper_columns_blank_without_paper_file(runs, tmp_path):
-    df = table1(runs, PROFILE, TAG, tmp_path / "nowhere" / "table1.csv")
-    paper = [c for c in df.columns if c.endswith(("_paper", "_diff"))]
-    assert df[paper].isna().all().all()
-    assert _row(df, "DenseNet-121")["cifar10_with"] == 5.0
+def test_the_table_of_a_selection_shows_its_runs_only(runs):
+    """Issue 11.6: the demo's table listed 24 runs of other rows as missing."""
+    rows, like = _table1(runs, ["cifar10-densenet121-elastic", "cifar10-densenet121-plain"])
+    assert [r["model"] for r in rows] == ["DenseNet-121"]
+    assert "cifar100_with" not in rows[0]  # no CIFAR-100 run selected: no CIFAR-100 group
+    assert {c["model"] for c in like} == {"DenseNet-121"}
+    runs_read = Runs(str(runs), PROFILE, TAG)
+    table1(runs_read, ["cifar10-densenet121-elastic"])
+    assert set(runs_read.seen) == {"cifar10-densenet121-elastic"}
 
 
-def test_table2_rows_per_exit(runs, paper_dir):
-    df = table2(runs, PROFILE, TAG, paper_dir / "table2.csv")
-    assert list(df["model"]) == [
+def test_table2_rows_per_exit(runs):
+    rows = table2(Runs(str(runs), PROFILE, TAG))
+    assert [r["model"] for r in rows] == [
         "Elastic-DenseNet-169-output-14", "Elastic-DenseNet-169-output-39",
         "Elastic-DenseNet-169-output-104", "Elastic-DenseNet-169-output-168",
         "DenseNet-169", "DenseNet-121"]
-    assert list(df["cifar100_error_pct"][:4]) == [73.0, 49.0, 23.0, 21.0]
-    assert list(df["params_millions"][:4]) == pytest.approx([0.39, 1.47, 6.71, 20.9])
-    assert df["cifar100_error_pct_diff"][0] == pytest.approx(73.0 - 73.37)
-    d169 = _row(df, "DenseNet-169")  # plain DenseNet-169 missing: blank, paper beside it
-    assert math.isnan(d169["cifar100_error_pct"]) and math.isnan(d169["conv_layers"])
-    assert d169["cifar100_error_pct_paper"] == 23.06
-    d121 = _row(df, "DenseNet-121")
-    assert (d121["conv_layers"], d121["params_millions"], d121["counts_source"]) == (120, 12.06, "run")
+    assert [r["cifar100_error_pct"] for r in rows[:4]] == [73.0, 49.0, 23.0, 21.0]
+    assert [r["params_millions"] for r in rows[:4]] == pytest.approx([0.39, 1.47, 6.71, 20.9])
+    assert rows[0]["cifar100_error_pct_diff"] == pytest.approx(73.0 - 73.37)
+    d169 = _row(rows, "DenseNet-169")
+    assert math.isnan(d169["cifar100_error_pct"]) and d169["cifar100_error_pct_paper"] == 23.06
+    d121 = _row(rows, "DenseNet-121")
+    assert (d121["conv_layers"], d121["params_millions"], d121["counts_source"]) == \
+        (120, 12.06, "run")
 
 
-def test_write_tables_headers_and_byte_identical(runs, paper_dir, tmp_path):
+def test_write_tables_headers_and_byte_identical(runs, tmp_path):
     out = tmp_path / "results"
-    a = write_tables(runs, PROFILE, TAG, out_dir=out, paper_dir=paper_dir, log=lambda *_: None)
-    assert os.path.basename(a["table1_csv"]) == "smoke-synthetic-table1.csv"
-    first = {k: open(a[k], "rb").read() for k in ("table1_csv", "table1_md", "table2_csv", "table2_md")}
-    write_tables(runs, PROFILE, TAG, out_dir=out, paper_dir=paper_dir, log=lambda *_: None)
-    assert first == {k: open(a[k], "rb").read() for k in first}
-    assert sorted(os.listdir(out)) == sorted(os.path.basename(a[k]) for k in first)  # no temp files
-    md1 = first["table1_md"].decode()
-    assert "Profile: `smoke`" in md1 and "`synthetic`" in md1 and "NOT a reproduction" in md1
-    assert "NOT a reproduction" in first["table2_md"].decode()
-    rows = list(csv.DictReader(first["table1_csv"].decode().splitlines()))
-    assert {r["profile"] for r in rows} == {"smoke"} and {r["dataset"] for r in rows} == {"synthetic"}
-    d121 = rows[0]
-    assert (d121["cifar10_with"], d121["cifar10_with_paper"], d121["cifar10_with_diff"]) == (
-        "5.00", "5.44", "-0.44")
+    written, _, _ = write_tables(runs, PROFILE, TAG, out_dir=out)
+    paths = [p for pair in written.values() for p in pair]
+    assert os.path.basename(written["table1"][0]) == "smoke-synthetic-table1.csv"
+    first = {p: open(p, "rb").read() for p in paths}
+    write_tables(runs, PROFILE, TAG, out_dir=out)
+    assert first == {p: open(p, "rb").read() for p in paths}
+    assert sorted(os.listdir(out)) == sorted(os.path.basename(p) for p in paths)
+    md1 = first[written["table1"][1]].decode()
+    assert "Setting: `smoke`" in md1 and "`synthetic`" in md1 and "NOT a reproduction" in md1
+    assert "ᵃ measured by the authors" in md1 and "## Like with like" in md1
+    rows = list(csv.DictReader(first[written["table1"][0]].decode().splitlines()))
+    assert {r["setting"] for r in rows} == {"smoke"} and {r["dataset"] for r in rows} == {TAG}
+    assert (rows[0]["cifar10_with"], rows[0]["cifar10_with_paper"],
+            rows[0]["cifar10_with_diff"]) == ("5.00", "5.44", "-0.44")
     assert rows[1]["cifar10_with"] == "" and rows[1]["cifar10_with_paper"] == "5.58"
-    # the paper profile on CIFAR data is a reproduction: no such note
+    assert rows[0]["environment"] == "tensorflow / CPU (test)"
+    # The paper profile on CIFAR data is a reproduction: no such note, plain file names.
     root = tmp_path / "paper_runs"
     make_run(root, "cifar10-densenet121-plain", [6.0], profile="paper", tag="cifar10")
-    p = write_tables(root, "paper", None, out_dir=out, paper_dir=paper_dir, log=lambda *_: None)
-    assert os.path.basename(p["table1_md"]) == "table1.md"
-    md = open(p["table1_md"]).read()
-    assert "NOT a reproduction" not in md and "Profile: `paper`" in md
-    assert _row(p["table1"], "DenseNet-121")["cifar10_without"] == 6.0
+    p, _, _ = write_tables(root, "paper", None, out_dir=out, which=("table1",))
+    assert os.path.basename(p["table1"][1]) == "table1.md"
+    md = open(p["table1"][1]).read()
+    assert "NOT a reproduction" not in md and "Setting: `paper`" in md
 
 
-def test_profile_mismatch_is_refused(tmp_path, paper_dir):
+def test_a_run_of_other_data_is_refused(tmp_path):
     root = tmp_path / "runs"
     d = make_run(root, "cifar10-densenet121-plain", [6.0])
     res = json.load(open(os.path.join(d, "results.json")))
-    res["profile"] = "paper"
+    res["dataset"] = "digits"
     json.dump(res, open(os.path.join(d, "results.json"), "w"))
-    with pytest.raises(ElasticKerasError, match="profile"):
-        table1(root, PROFILE, TAG, paper_dir / "table1.csv")
+    with pytest.raises(ElasticKerasError, match="dataset"):
+        _table1(root)
 
 
-def test_check_and_cli(runs, paper_dir, tmp_path, capsys):
-    tables = write_tables(runs, PROFILE, TAG, out_dir=tmp_path / "r", paper_dir=paper_dir,
-                          log=lambda *_: None)
-    violations, checked = check_against_paper(tables, 1.0)
-    assert checked == 7 + 5  # table1: D121 x3, D169 x1, R50 x1, R50-5 x2; table2: 4 exits + D121
-    assert any("DenseNet-121 cifar10_without" in v for v in violations)
-    mt = _script("make_tables")
-    args = ["--profile", PROFILE, "--dataset-tag", TAG, "--runs-root", str(runs),
-            "--out", str(tmp_path / "cli"), "--paper-dir", str(paper_dir)]
-    assert mt.main(args) == 0
-    assert mt.main(args + ["--check", "100"]) == 0
-    assert mt.main(args + ["--check", "0.1"]) == 1
-    assert "FAIL" in capsys.readouterr().out
-    # no paper dir: blank paper columns and a note; nothing to check
-    assert mt.main(args[:-2] + ["--paper-dir", str(tmp_path / "none"), "--check", "1"]) == 1
-    assert "note: paper table not found" in capsys.readouterr().out
-    assert mt.main(["--profile", "a/b", "--out", str(tmp_path / "x")]) == 2
+def test_check_compares_like_with_like_and_the_cli(runs, tmp_path):
+    _, like, t2 = write_tables(runs, PROFILE, TAG, out_dir=tmp_path / "r")
+    violations, compared = check(like, t2, 1.0)
+    # Table I: D121 x3, D169 x1, R50 plain x2 (the ResNet-50 and ResNet-50-5 baselines),
+    # R50-5 x1, the authors' MobileNet x2; Table II: 4 exits + DenseNet-121.
+    assert compared == 9 + 5
+    assert any("DenseNet-121 cifar10 without (final exit of cifar10-densenet121-plain)" in v
+               for v in violations)
+    args = ["tables", "--profile", PROFILE, "--data", TAG, "--runs-root", str(runs),
+            "--out", str(tmp_path / "cli")]
+    assert _cli(*args).returncode == 0
+    assert _cli(*args, "--check", "100").returncode == 0
+    r = _cli(*args, "--check", "0.1")
+    assert r.returncode == 1 and "FAIL" in r.stdout
+    r = _cli(*args[:-2], "--out", str(tmp_path / "e"), "--runs-root", str(tmp_path / "none"),
+             "--check", "1")
+    assert r.returncode == 1 and "nothing checked" in r.stdout
+    r = _cli("tables", "--profile", "a/b", "--out", str(tmp_path / "x"))
+    assert r.returncode == 2 and "without '/'" in r.stderr
 
 
-def test_history_helpers(runs):
+def test_history_helpers_and_depth_order(runs):
     h = read_history(runs / PROFILE / TAG / "cifar10-densenet121-elastic")
     assert outputs_of(h) == ["exit_1", "exit_2", "exit_3", "final"]
     assert phase_boundaries(h) == [(2.5, "heads", "full")]
@@ -232,31 +252,36 @@ def test_history_helpers(runs):
     last = last_epoch_table(h)
     assert list(last.index) == ["exit_1", "exit_2", "exit_3", "final"]
     assert last.loc["final", "val_loss"] == pytest.approx(3.2 / 6)
-    plain = read_history(runs / PROFILE / TAG / "cifar10-densenet121-plain")
-    assert outputs_of(plain) == ["final"]
+    assert outputs_of(read_history(runs / PROFILE / TAG / "cifar10-densenet121-plain")) == \
+        ["final"]
     with pytest.raises(ElasticKerasError, match="no training history"):
         read_history(runs / "nope")
+    # Issue 11.6: history columns in depth order (exit_10 after exit_9, not after exit_1).
+    outputs = [f"exit_{i}" for i in range(1, 13)] + ["final"]
+    row = {"epoch": 1, "phase": "full", "phase_epoch": 1, "lr": 0.1, "loss": 1.0,
+           "time_s": 1.0, **{f"{p}{o}_{m}": 0.5 for p in ("", "val_") for o in sorted(outputs)
+                              for m in ("accuracy", "loss")}, "clipped": 0, "val_loss": 1.0}
+    cols = history_columns([row], outputs)
+    assert cols.index("exit_9_loss") < cols.index("exit_10_loss") < cols.index("final_loss")
+    assert cols[:5] == ["epoch", "phase", "phase_epoch", "lr", "loss"] and cols[-1] == "time_s"
 
 
-def test_figure3(runs, tmp_path, capsys):
-    fig = _script("figure3")
+def test_figure3_cli(runs, tmp_path):
     out = tmp_path / "fig" / "figure3.png"
-    assert fig.main(["--runs-root", str(runs), "--profile", PROFILE, "--dataset-tag", TAG,
-                     "--out", str(out)]) == 0
+    r = _cli("figure3", "--runs-root", str(runs), "--profile", PROFILE, "--data", TAG,
+             "--out", str(out))
+    assert r.returncode == 0, r.stderr
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     missing = tmp_path / "fig" / "none.png"
-    assert fig.main(["--runs-root", str(tmp_path / "empty"), "--profile", PROFILE,
-                     "--dataset-tag", TAG, "--out", str(missing)]) == 2
-    err = capsys.readouterr().err
-    assert "Figure 3 needs both" in err and "history" in err
-    assert not missing.exists()
+    r = _cli("figure3", "--runs-root", str(tmp_path / "empty"), "--profile", PROFILE,
+             "--data", TAG, "--out", str(missing))
+    assert r.returncode == 2 and "Figure 3 needs both" in r.stderr and not missing.exists()
 
 
 def test_notebook_executes_headless(runs):
     pytest.importorskip("nbclient")
-    rn = _script("run_notebook")
-    nb = rn.run_notebook(os.path.join(REPO, "notebooks", "loss_curves.ipynb"),
-                         run_dir=runs / PROFILE / TAG / "cifar100-densenet169-elastic", timeout=120)
+    nb = run_notebook(os.path.join(REPO, "notebooks", "loss_curves.ipynb"),
+                      run_dir=runs / PROFILE / TAG / "cifar100-densenet169-elastic", timeout=120)
     text = "".join(o.get("text", "") for c in nb.cells if c.cell_type == "code"
                    for o in c.get("outputs", []))
     assert "cifar100-densenet169-elastic" in text and "NOT a reproduction" in text
@@ -265,29 +290,27 @@ def test_notebook_executes_headless(runs):
 
 
 def test_notebook_finds_first_run_by_default(runs, tmp_path, monkeypatch):
-    # a working tree whose runs/ holds the fabricated runs; the first (sorted) is used
     pytest.importorskip("nbclient")
     monkeypatch.delenv("ELASTIC_RUN_DIR", raising=False)
     tree = tmp_path / "tree"
     tree.mkdir()
     os.symlink(os.path.join(REPO, "elastic_keras"), tree / "elastic_keras")
     os.symlink(runs, tree / "runs")
-    rn = _script("run_notebook")
-    nb = rn.run_notebook(os.path.join(REPO, "notebooks", "loss_curves.ipynb"), timeout=120,
-                         cwd=str(tree))
+    nb = run_notebook(os.path.join(REPO, "notebooks", "loss_curves.ipynb"), timeout=120,
+                      cwd=str(tree))
     text = "".join(o.get("text", "") for c in nb.cells for o in c.get("outputs", []))
     assert "cifar10-densenet121-elastic" in text  # sorted first under runs/smoke/synthetic
-    assert "no results.json" not in text
     os.remove(tree / "runs")
     os.mkdir(tree / "runs")
     with pytest.raises(ElasticKerasError, match="no run with a history.csv"):
-        rn.run_notebook(os.path.join(REPO, "notebooks", "loss_curves.ipynb"), timeout=120,
-                        cwd=str(tree))
+        run_notebook(os.path.join(REPO, "notebooks", "loss_curves.ipynb"), timeout=120,
+                     cwd=str(tree))
 
 
 @pytest.mark.slow
-def test_table2_computes_counts_of_missing_runs(tmp_path, paper_dir):
-    df = table2(tmp_path / "empty", PROFILE, TAG, paper_dir / "table2.csv", compute_missing=True)
-    assert list(df["conv_layers"]) == [14, 39, 104, 168, 168, 120]
-    assert list(df["params_millions"].round(2)) == [0.39, 1.47, 6.71, 20.90, 20.80, 12.06]
-    assert set(df["counts_source"]) == {"computed"} and df["cifar100_error_pct"].isna().all()
+def test_table2_computes_counts_of_missing_runs(tmp_path):
+    rows = table2(Runs(str(tmp_path / "none"), PROFILE, TAG), compute_missing=True)
+    assert [r["counts_source"] for r in rows] == ["computed"] * 6
+    assert [round(r["params_millions"], 2) for r in rows] == [0.39, 1.47, 6.71, 20.90, 20.80,
+                                                              12.06]
+    assert all(math.isnan(r["cifar100_error_pct"]) for r in rows)

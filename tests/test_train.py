@@ -15,7 +15,7 @@ import pytest
 from elastic_keras import ElasticKerasError, build_model
 from elastic_keras.config import load_config
 from elastic_keras.batches import Batches
-from elastic_keras.data import load_dataset
+from elastic_keras.splits import load_dataset
 from elastic_keras.models import head_layers
 from elastic_keras.rundir import open_run
 from elastic_keras.trainer import ExitTrainer

@@ -1,0 +1,151 @@
+"""What each command of the command line does (cli.py parses the arguments)."""
+
+import json
+import os
+
+def cmd_describe(args):
+    """Per-output table of a registered model: layer, conv layers, params, MACs."""
+    from .models import build_model, exit_info
+    from .registry import get_spec
+
+    spec = get_spec(args.backbone)
+    model = build_model(args.backbone, args.classes, input_size=args.input_size,
+                        alpha=args.alpha, weights=None, plain=args.plain)
+    rows = [e.as_dict() for e in exit_info(model, args.macs_convention)]
+    if args.format == "json":
+        print(json.dumps(rows, indent=2))
+        return 0
+    alpha = f", alpha {args.alpha if args.alpha is not None else spec.alpha}" if spec.alpha else ""
+    print(f"{spec.paper_name} ({'plain' if args.plain else 'elastic'}{alpha}), {args.classes} "
+          f"classes, {args.input_size}x{args.input_size} input, MACs convention "
+          f"'{args.macs_convention}'")
+    header = f"{'output':<8} {'after layer':<20} {'conv':>5} {'params (M)':>11} {'MACs (G)':>9}"
+    print(header + "\n" + "-" * len(header))
+    for r in rows:
+        print(f"{r['output']:<8} {r['layer']:<20} {r['conv_layers']:>5} "
+              f"{r['params'] / 1e6:>11.2f} {r['macs'] / 1e9:>9.3f}")
+    if not args.plain:
+        print("params: up to and including each exit; the final row counts the whole elastic "
+              "model, as the paper's Table II does.")
+    return 0
+
+
+def cmd_configs(args):
+    """The configs shipped with the package, one per table cell."""
+    from .config import packaged_configs
+
+    print("\n".join(sorted(packaged_configs())))
+    return 0
+
+
+def cmd_train(args):
+    """Train one config (resuming its run directory's partial run), then evaluate it."""
+    from .config import load_config
+    from .train import train
+
+    cfg = load_config(args.config, args.set, profile=args.profile, protocol=args.protocol)
+    if args.dry_run:
+        print(json.dumps(cfg, indent=2))
+        return 0
+    train(cfg, runs_root=args.runs_root, run_dir=args.run_dir, allow_cpu=args.allow_cpu)
+    return 0
+
+
+def cmd_evaluate(args):
+    """Evaluate a trained run on its test set (best checkpoint by validation loss)."""
+    from .evaluate import evaluate
+
+    evaluate(args.run_dir)
+    return 0
+
+
+def cmd_reproduce(args):
+    """Train every unfinished run of a table, then write the tables."""
+    from .launchers import make_launcher
+    from .reproduce import reproduce
+
+    written, failures = reproduce(
+        args.table, profile=args.profile, protocol=args.protocol, data=args.data,
+        data_dir=args.data_dir, weights=args.weights, runs=args.runs, runs_root=args.runs_root,
+        out_dir=args.out, extra=args.set, allow_cpu=args.allow_cpu, dry_run=args.dry_run,
+        launcher=make_launcher(args.launcher, args.gpus_per_run, args.cpus_per_run,
+                               args.profile, args.allow_cpu))
+    for key, (csv_path, md_path) in written.items():
+        print(f"wrote {csv_path} and {md_path}")
+    if args.table in written:
+        with open(written[args.table][1], encoding="utf-8") as f:
+            print(f.read())
+    return 1 if failures else 0
+
+
+def cmd_tables(args):
+    """Write Tables I and II from finished runs; --check compares with the paper."""
+    from .render import write_tables
+    from .rundir import last
+    from .tables import check
+
+    profile, data = _last_setting(args, last(args.runs_root))
+    setting_name = profile if args.protocol == "paper" else f"{profile}-{args.protocol}"
+    written, like, t2 = write_tables(args.runs_root, setting_name, data, args.protocol,
+                                     args.out, compute_missing=args.compute_missing)
+    for csv_path, md_path in written.values():
+        print(f"wrote {csv_path} and {md_path}")
+    if args.check is None:
+        return 0
+    violations, compared = check(like, t2, args.check)
+    for v in violations:
+        print(f"FAIL {v}")
+    if not compared:
+        print("check: no finished run has a paper number to compare with; nothing checked")
+        return 1
+    print(f"check: {compared - len(violations)}/{compared} test errors within {args.check} "
+          "points of the paper (each against the run and exit it was measured on)")
+    return 1 if violations else 0
+
+
+def _last_setting(args, previous):
+    """--profile/--data, else those of the last reproduction under the runs root."""
+    if args.profile is None and previous:
+        print(f"using profile {previous['profile']}, data {previous['data'] or 'cifar'} "
+              "(the last reproduction; --profile/--data choose others)")
+        return previous["profile"].split("-")[0], args.data or previous["data"]
+    return args.profile or "paper", args.data
+
+
+def cmd_figure3(args):
+    """Figure 3 of the paper from the CIFAR-10 DenseNet-121 runs' histories."""
+    from .plots import figure3
+    from .render import prefix
+    from .rundir import last
+
+    profile, data = _last_setting(args, last(args.runs_root))
+    setting_name = profile if args.protocol == "paper" else f"{profile}-{args.protocol}"
+    out = args.out or os.path.join("results", prefix(setting_name, data) + "figure3.png")
+    print(f"wrote {figure3(args.runs_root, setting_name, data, out)}")
+    return 0
+
+
+def cmd_bai_table2(args):
+    """Bai et al.'s Table II (MACs at the first weighted and the last exit), beside theirs."""
+    from .bai import bai_table2
+
+    csv_path, md_path, ok = bai_table2(args.out)
+    print(f"wrote {csv_path} and {md_path}")
+    return 0 if ok else 1
+
+
+def cmd_budget(args):
+    """Accuracy against average MACs of exit cascades, for a run or every run under a folder."""
+    from .budget import budget_path
+
+    budget_path(args.path, criterion=args.criterion, n_thresholds=args.n_thresholds,
+                batch_size=args.batch_size, convention=args.macs_convention, out_dir=args.out)
+    return 0
+
+
+def cmd_plot(args):
+    """Loss and accuracy of every exit of a run, as a PNG."""
+    from .plots import plot_run
+
+    print(f"wrote {plot_run(args.run_dir, args.out)}")
+    return 0
