@@ -12,11 +12,13 @@ through the project's own trainer (`ExitTrainer.fit` on `Batches`, as train.py r
 - multi_way (--multi-way): the elastic net trained by AuxNet's multi-way backpropagation
   (one update per output, in series; FIDELITY.md L4), timed against the joint step.
 
-Settings: 224 px batch 16 (the paper's protocol) and 64 px batch 64. Each round times,
-for every model in the order elastic, plain, [naive, naive,] plain, elastic (linear load
-drifts cancel), a short and a long `fit`; the difference is the time of the extra steps
-without what a `fit` call costs whatever its length. Per round the ratio plain time /
-elastic time (= images/s elastic / plain) is taken, then the median over rounds.
+Settings: 224 px batch 16 (the paper's protocol) and 64 px batch 64. Each round runs, for
+every model in the order elastic, plain, [naive, multi_way, multi_way, naive,] plain,
+elastic (linear load drifts cancel), one `fit` of a few steps and times each step (a
+callback at every step end; it reads the step's loss, so the device has finished it); the
+first step of a fit is left out and the median step time kept, robust to bursts of load
+from other processes. Per round the ratio plain time / elastic time (= images/s elastic /
+plain) is taken, then the median over rounds.
 
     python scripts/bench_exit_overhead.py [--backend jax] [--quick] [--naive] [--multi-way]
 
@@ -32,9 +34,9 @@ import time
 
 CLASSES = 10
 LR = 0.01
-# (input size, batch, rounds, short and long fit in steps); --quick uses QUICK.
-SETTINGS = ((224, 16, 6, (1, 3)), (64, 64, 10, (1, 4)))
-QUICK = ((224, 16, 2, (1, 2)), (64, 64, 3, (1, 3)))
+# (input size, batch, rounds, steps per fit); --quick uses QUICK.
+SETTINGS = ((224, 16, 6, 6), (64, 64, 8, 8))
+QUICK = ((224, 16, 2, 3), (64, 64, 3, 3))
 
 
 def _images(n, seed):
@@ -93,13 +95,23 @@ def _per_output(batches, k):
     return PerOutput()
 
 
-def _fit_seconds(model, data, steps):
-    t0 = time.perf_counter()
-    model.fit(data, steps_per_epoch=steps, epochs=1, verbose=0, shuffle=False)
-    return time.perf_counter() - t0
+def _step_seconds(model, data, steps):
+    """Median seconds per training step of one `fit`, its first step left out."""
+    import keras
+
+    ends = []
+
+    class StepEnds(keras.callbacks.Callback):  # not async-safe: it runs after every step
+        def on_train_batch_end(self, batch, logs=None):
+            float(logs["loss"])  # the step is done
+            ends.append(time.perf_counter())
+
+    model.fit(data, steps_per_epoch=steps, epochs=1, verbose=0, shuffle=False,
+              callbacks=[StepEnds()])
+    return statistics.median(b - a for a, b in zip(ends, ends[1:]))
 
 
-def bench(size, batch, rounds, lengths, naive, multi_way):
+def bench(size, batch, rounds, steps, naive, multi_way):
     """Paired measurement at one setting: {"elastic": ratio, ...} (plain time / model time;
     multi_way: its time / the joint elastic time)."""
     from elastic_keras.batches import Batches
@@ -108,27 +120,25 @@ def bench(size, batch, rounds, lengths, naive, multi_way):
         ["multi_way"] if multi_way else [])
     t0 = time.perf_counter()
     models = _models(size, naive, multi_way)
-    x, y = _images(batch * (lengths[1] + 2), seed=size)
+    x, y = _images(batch * (steps + 2), seed=size)
     data = {n: Batches(x, y, batch) for n in ("elastic", "plain", "multi_way")}
     if naive:
         data["naive"] = _per_output(data["plain"], len(models["naive"].outputs))
     print(f"\n{size} px, batch {batch}: {rounds} rounds of {' '.join(names + names[::-1])}, "
-          f"fits of {lengths[0]} and {lengths[1]} steps; models built in "
-          f"{time.perf_counter() - t0:.0f} s", flush=True)
+          f"fits of {steps} steps; models built in {time.perf_counter() - t0:.0f} s",
+          flush=True)
     for name in names:  # warm-up: tracing and compilation
         t1 = time.perf_counter()
-        _fit_seconds(models[name], data[name], 2)
+        _step_seconds(models[name], data[name], 3)
         print(f"  warm-up {name:<8} {time.perf_counter() - t1:6.1f} s", flush=True)
     samples = []
     for r in range(rounds):
         per = {n: 0.0 for n in names}
         for name in names + names[::-1]:
-            short = _fit_seconds(models[name], data[name], lengths[0])
-            per[name] += _fit_seconds(models[name], data[name], lengths[1]) - short
+            per[name] += _step_seconds(models[name], data[name], steps) / 2
         samples.append(per)
-        steps = 2 * (lengths[1] - lengths[0])
         print(f"  round {r + 1}: " + "  ".join(
-            f"{n} {steps * batch / per[n]:6.1f} img/s" for n in names)
+            f"{n} {batch / per[n]:6.1f} img/s" for n in names)
             + f"  elastic/plain {per['plain'] / per['elastic']:.3f}", flush=True)
     out = {n: statistics.median(s["plain"] / s[n] for s in samples)
            for n in names if n not in ("plain", "multi_way")}
@@ -162,8 +172,8 @@ def main(argv=None):
     print(header(describe()), flush=True)
     t0 = time.perf_counter()
     ratios = {}
-    for size, batch, rounds, lengths in (QUICK if args.quick else SETTINGS):
-        ratios[size] = bench(size, batch, rounds, lengths, args.naive, args.multi_way)
+    for size, batch, rounds, steps in (QUICK if args.quick else SETTINGS):
+        ratios[size] = bench(size, batch, rounds, steps, args.naive, args.multi_way)
     print(f"\ntotal {time.perf_counter() - t0:.0f} s; target: elastic/plain >= 0.90")
     print(f"ratio_224={ratios[224]['elastic']:.3f} ratio_64={ratios[64]['elastic']:.3f}"
           + (f" multi_way_cost_224={ratios[224]['multi_way']:.3f} "
