@@ -46,7 +46,7 @@ PROTOCOL = {
     "train": {
         "seed": 0,
         "batch_size": 16,  # last partial batch kept (FIDELITY.md T6)
-        "eval_batch_size": 256,  # validation and test passes (FIDELITY.md B6)
+        "eval_batch_size": 64,  # validation and test passes (FIDELITY.md B6)
         "reload_best_between_phases": True,  # authors' scripts (FIDELITY.md T3)
         "backprop": "joint",  # or "multi_way": AuxNet's multi-way backpropagation (L4)
     },

@@ -102,9 +102,13 @@ def main(argv=None):
                    help="validation batches (default 5)")
     p.add_argument("--size", type=int, default=224, help="input size (default 224, the paper's)")
     p.add_argument("--batch", type=int, default=16, help="training batch (default 16, the paper's)")
-    p.add_argument("--eval-batch", type=int, default=256,
-                   help="validation batch (default 256, the config default)")
+    p.add_argument("--eval-batch", type=int, default=None,
+                   help="validation batch (default: train.eval_batch_size of the config)")
     args = p.parse_args(argv)
+    if args.eval_batch is None:
+        from elastic_keras.config import PROTOCOL
+
+        args.eval_batch = PROTOCOL["train"]["eval_batch_size"]
 
     t0 = time.perf_counter()
     print(f"{os.cpu_count()} CPU cores; backbone {args.backbone}, {args.size} px, batch "
@@ -142,7 +146,7 @@ def main(argv=None):
         validation_data=Batches(x_val, y_val, args.eval_batch),
         validation_steps=args.val_steps, epochs=1, shuffle=False, verbose=0,
         callbacks=[_rss_logger(5)])
-    logs = {k: float(v[-1]) for k, v in hist.history.items()}
+    logs = {k: float(v[-1]) for k, v in hist.history.items() if k in ("loss", "val_loss")}
     print(f"trained {args.steps} steps ({args.steps * args.batch} images) + validated "
           f"{args.val_steps} batches in {time.perf_counter() - t1:.0f} s: loss "
           f"{logs['loss']:.3f}, val_loss {logs['val_loss']:.3f}")
