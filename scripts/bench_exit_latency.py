@@ -100,6 +100,9 @@ def bench(backbone, rounds, batch, size, classes=10):
 
     import tensorflow as tf
 
+    # Each predictor is its own tf.function, traced once; TensorFlow's "N out of the last M
+    # calls triggered tf.function retracing" counts those first traces, not retraces.
+    tf.get_logger().setLevel("ERROR")
     from elastic_keras import build_model, exit_info
     from elastic_keras.cascade import Cascade
     from elastic_keras.predictors import truncated_predictor
