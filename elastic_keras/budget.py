@@ -170,10 +170,10 @@ def budget_path(path, log=print, **options):
     runs = find_runs(path)
     if not runs:
         raise ElasticKerasError(f"not a run directory, and no run directories under {path}")
-    for run in runs:
-        if not run.finished:
-            log(f"skip {run.dir}: not finished ({run.status})")
     done = [run for run in runs if run.finished]
+    for run in runs:
+        if run not in done:
+            log(f"skip {run.dir}: not finished ({run.status})")
     for run in done:
         budget_run(run, log=log, **options)
     log(f"budget: {len(done)} finished run(s) under {path}"

@@ -81,11 +81,9 @@ def cmd_reproduce(args):
 def cmd_tables(args):
     """Write Tables I and II from finished runs; --check compares with the paper."""
     from .render import write_tables
-    from .rundir import last
     from .tables import check
 
-    profile, data = _last_setting(args, last(args.runs_root))
-    setting_name = profile if args.protocol == "paper" else f"{profile}-{args.protocol}"
+    setting_name, data = _last_setting(args)
     written, like, t2 = write_tables(args.runs_root, setting_name, data, args.protocol,
                                      args.out, compute_missing=args.compute_missing)
     for csv_path, md_path in written.values():
@@ -103,23 +101,26 @@ def cmd_tables(args):
     return 1 if violations else 0
 
 
-def _last_setting(args, previous):
-    """--profile/--data, else those of the last reproduction under the runs root."""
+def _last_setting(args):
+    """(setting name, data) of --profile/--protocol/--data, else of the last reproduction
+    under the runs root."""
+    from .rundir import last, setting
+
+    previous = last(args.runs_root)
+    profile, data = args.profile or "paper", args.data
     if args.profile is None and previous:
         print(f"using profile {previous['profile']}, data {previous['data'] or 'cifar'} "
               "(the last reproduction; --profile/--data choose others)")
-        return previous["profile"].split("-")[0], args.data or previous["data"]
-    return args.profile or "paper", args.data
+        profile, data = previous["profile"].split("-")[0], args.data or previous["data"]
+    return setting(profile, args.protocol), data
 
 
 def cmd_figure3(args):
     """Figure 3 of the paper from the CIFAR-10 DenseNet-121 runs' histories."""
     from .plots import figure3
     from .render import prefix
-    from .rundir import last
 
-    profile, data = _last_setting(args, last(args.runs_root))
-    setting_name = profile if args.protocol == "paper" else f"{profile}-{args.protocol}"
+    setting_name, data = _last_setting(args)
     out = args.out or os.path.join("results", prefix(setting_name, data) + "figure3.png")
     print(f"wrote {figure3(args.runs_root, setting_name, data, out)}")
     return 0

@@ -35,6 +35,12 @@ def outputs_in_graph(outputs, names):
     return found
 
 
+def track_loss(trainer, loss, batch_size):
+    """Add a step's total loss to the model's `loss` metric, as Keras' own train_step does
+    (`_loss_tracker`); for a trainer that writes its own train_step (multiway.py)."""
+    trainer._loss_tracker.update_state(loss, sample_weight=batch_size)
+
+
 def reseed(net, seed, epoch):
     """Set every RNG (Dropout masks, stochastic depth) of `net` from (seed, epoch).
 

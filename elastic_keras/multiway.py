@@ -18,6 +18,7 @@ import keras
 from keras import ops
 
 from .errors import ElasticKerasError
+from .internals import track_loss
 from .trainer import ExitTrainer, exit_terms
 
 
@@ -31,7 +32,7 @@ class MultiWayTrainer(ExitTrainer):
                       if self.loss_weights[k] > 0]
 
     def _record(self, total, ce, acc, clipped, batch):
-        self._loss_tracker.update_state(total, sample_weight=batch)
+        track_loss(self, total, batch)
         self.exit_metrics.update_state(ops.concatenate([ce, acc, clipped]), batch)
 
 

@@ -57,7 +57,7 @@ def csv_text(rows):
 
 def is_reproduction(setting, tag):
     """Only the paper profile (either protocol) on CIFAR data reproduces the paper."""
-    return setting.split("-")[0] == "paper" and tag in (None, *tables.DATASETS)
+    return setting.split("-")[0] == "paper" and tag in (None, *tables.TABLE1_DATASETS)
 
 
 def prefix(setting, tag):
@@ -103,7 +103,7 @@ def _md_table(header, rows):
 def table1_markdown(rows, like, runs):
     """Table I: one sub-table per dataset, ours / paper / Δ; the like-with-like list."""
     lines = _header("Table I: final-exit test error (%) without and with exits", runs)
-    groups = [ds for ds in tables.DATASETS if rows and f"{ds}_with" in rows[0]]
+    groups = [ds for ds in tables.TABLE1_DATASETS if rows and f"{ds}_with" in rows[0]]
     used = set()
     for ds in groups:
         lines += [f"## {TITLES[ds]}", ""]

@@ -69,7 +69,7 @@ def reproduce(table, profile="paper", protocol="paper", data=None, data_dir=None
         return {}, []
     if not configs:
         raise ElasticKerasError(f"no run of {table} to do with data {data!r}")
-    set_name = setting(configs[0])
+    set_name = setting(configs[0]["profile"], configs[0]["protocol"])
     record_last(runs_root, set_name, data)
     start = time.time()
     failures = (launcher or local_launcher)(configs, runs_root=runs_root, allow_cpu=allow_cpu,

@@ -36,9 +36,9 @@ class RunBusy(ElasticKerasError):
     """Another live worker holds the run's lock."""
 
 
-def setting(cfg):
+def setting(profile, protocol="paper"):
     """The folder of a profile and protocol: 'paper', 'smoke', 'paper-authors', ..."""
-    return cfg["profile"] if cfg["protocol"] == "paper" else f"{cfg['profile']}-{cfg['protocol']}"
+    return profile if protocol == "paper" else f"{profile}-{protocol}"
 
 
 def run_path(runs_root, setting_name, dataset, name):
@@ -48,7 +48,8 @@ def run_path(runs_root, setting_name, dataset, name):
 
 def run_dir_for(cfg, runs_root="runs"):
     """The run directory of a resolved config."""
-    return run_path(runs_root, setting(cfg), cfg["data"]["dataset"], cfg["name"])
+    return run_path(runs_root, setting(cfg["profile"], cfg["protocol"]), cfg["data"]["dataset"],
+                    cfg["name"])
 
 
 def record_last(runs_root, setting_name, data):
@@ -87,7 +88,9 @@ class RunDir:
     def path(self, *parts):
         return os.path.join(self.dir, *parts)
 
-    __repr__ = lambda self: f"RunDir({self.dir!r})"  # noqa: E731
+    def __repr__(self):
+        return f"RunDir({self.dir!r})"
+
     @property
     def exists(self):
         return os.path.isfile(self.path(CONFIG))
@@ -140,10 +143,6 @@ class RunDir:
             raise RunBusy(f"{self.dir} is held by {e}") from None
         finally:
             self._held = False
-
-    def holder(self):
-        """Who holds the lock, as its holder wrote it."""
-        return files.holder(self.path(LOCK))
 
     def _locked(self):
         if not self._held:

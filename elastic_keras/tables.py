@@ -9,7 +9,7 @@ from .config import PROTOCOLS
 from .cifar import CIFAR
 from .errors import ElasticKerasError
 
-DATASETS = tuple(CIFAR)  # Table I's column groups, in the paper's order
+TABLE1_DATASETS = tuple(CIFAR)  # Table I's column groups, in the paper's order
 MISSING, UNFINISHED, FINISHED = "missing", "unfinished", "finished"
 
 
@@ -62,7 +62,7 @@ def table_runs(table, protocol="paper"):
             run_name(TABLE2_DATASET, b, True) for b in TABLE2_PLAIN]
     if table != "table1":
         raise ElasticKerasError(f"unknown table {table!r}; valid: table1, table2")
-    names = [run_name(ds, b, plain) for ds in DATASETS for r in table1_rows(protocol)
+    names = [run_name(ds, b, plain) for ds in TABLE1_DATASETS for r in table1_rows(protocol)
              for b, plain in ((r.backbone, False), (r.baseline, True))]
     return list(dict.fromkeys(names))
 
@@ -82,10 +82,9 @@ class Runs:
         data tag all live in one folder (FIDELITY.md G6)."""
         if name not in self.seen:
             path = rundir.run_path(self.root, self.setting, self.tag or dataset, name)
-            run = rundir.RunDir(path)
+            results = rundir.RunDir(path).results  # None unless finished
             status = MISSING if not os.path.isdir(path) else \
-                FINISHED if run.finished else UNFINISHED
-            results = run.results if status == FINISHED else None
+                FINISHED if results is not None else UNFINISHED
             if results is not None:
                 self._check_provenance(path, results, dataset)
             self.seen[name] = (status, path, results)
@@ -154,7 +153,7 @@ def table1(runs, selected=None):
     sources = {(s["model"], s["dataset"], s["column"]): s for s in paper.table1_sources()}
     printed = paper.table1()
     selected = set(selected or table_runs("table1", runs.protocol))
-    groups = [ds for ds in DATASETS if any(n.startswith(ds + "-") for n in selected)]
+    groups = [ds for ds in TABLE1_DATASETS if any(n.startswith(ds + "-") for n in selected)]
     rows = []
     for row in table1_rows(runs.protocol):
         names = [run_name(ds, b, p) for ds in groups
