@@ -51,7 +51,7 @@ SETTING_ARGS = $(if $(PROFILE),--profile $(PROFILE)) $(if $(PROTOCOL),--protocol
 # The offline demo: a reduced Table I on scikit-learn's digits (elastic against plain),
 # tables, loss curves and an accuracy-vs-MACs curve under results/demo/.
 EK := $(PY) -m elastic_keras
-DEMO_RUN := runs/demo/digits/cifar10-mobilenet-elastic
+DEMO_RUN := runs/demo/digits/digits-mobilenet-elastic
 demo: $(STAMP)
 	$(EK) reproduce table1 --profile demo --data digits --runs mobilenet,densenet121 \
 	    --out results/demo

@@ -7,8 +7,8 @@ sweep, end in exit status 1.
 import argparse
 import sys
 
-from . import commands as C
-from .errors import ElasticKerasError
+from elastic_keras import commands as C
+from elastic_keras.errors import ElasticKerasError
 
 
 def _setting(p, profile_default="paper"):
@@ -30,7 +30,7 @@ def _overrides(p):
 
 
 def _describe(sub):
-    from .costs import CONVENTIONS
+    from elastic_keras.model.costs import CONVENTIONS
 
     d = sub.add_parser("describe", help="exits, conv layers, parameters and MACs of a model")
     d.add_argument("backbone")
@@ -60,8 +60,8 @@ def _train(sub):
 
 
 def _reproduce(sub):
-    from .datasets import DATASETS
-    from .launchers import LAUNCHERS
+    from elastic_keras.data.datasets import DATASETS
+    from elastic_keras.sweep.launchers import LAUNCHERS
 
     r = sub.add_parser("reproduce", help="train every unfinished run of a table, then write it")
     r.add_argument("table", choices=("table1", "table2"))
@@ -87,7 +87,7 @@ def _reproduce(sub):
 
 
 def _report(sub):
-    from .costs import CONVENTIONS
+    from elastic_keras.model.costs import CONVENTIONS
 
     t = sub.add_parser("tables", help="Tables I and II from finished runs, the paper's beside")
     _setting(t, profile_default=None)
@@ -135,7 +135,7 @@ def build_parser():
 def main(argv=None):
     args = build_parser().parse_args(argv)
     try:
-        from .environment import import_keras_quietly
+        from elastic_keras.backend.environment import import_keras_quietly
 
         import_keras_quietly()
         return args.func(args)

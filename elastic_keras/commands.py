@@ -5,8 +5,9 @@ import os
 
 def cmd_describe(args):
     """Per-output table of a registered model: layer, conv layers, params, MACs."""
-    from .models import build_model, exit_info
-    from .registry import get_spec
+    from elastic_keras.model.factory import build_model
+    from elastic_keras.model.exits import exit_info
+    from elastic_keras.model.registry import get_spec
 
     spec = get_spec(args.backbone)
     model = build_model(args.backbone, args.classes, input_size=args.input_size,
@@ -18,7 +19,7 @@ def cmd_describe(args):
     alpha = f", alpha {args.alpha if args.alpha is not None else spec.alpha}" if spec.alpha else ""
     print(f"{spec.paper_name} ({'plain' if args.plain else 'elastic'}{alpha}), {args.classes} "
           f"classes, {args.input_size}x{args.input_size} input, MACs convention "
-          f"'{args.macs_convention}'")
+          f"'{args.macs_convention}'" + (f"; {spec.note}" if spec.note and not args.plain else ""))
     header = f"{'output':<8} {'after layer':<20} {'conv':>5} {'params (M)':>11} {'MACs (G)':>9}"
     print(header + "\n" + "-" * len(header))
     for r in rows:
@@ -32,7 +33,7 @@ def cmd_describe(args):
 
 def cmd_configs(args):
     """The configs shipped with the package, one per table cell."""
-    from .config import packaged_configs
+    from elastic_keras.runs.config import packaged_configs
 
     print("\n".join(sorted(packaged_configs())))
     return 0
@@ -40,8 +41,8 @@ def cmd_configs(args):
 
 def cmd_train(args):
     """Train one config (resuming its run directory's partial run), then evaluate it."""
-    from .config import load_config
-    from .train import train
+    from elastic_keras.runs.config import load_config
+    from elastic_keras.runs.train import train
 
     cfg = load_config(args.config, args.set, profile=args.profile, protocol=args.protocol)
     if args.dry_run:
@@ -53,7 +54,7 @@ def cmd_train(args):
 
 def cmd_evaluate(args):
     """Evaluate a trained run on its test set (best checkpoint by validation loss)."""
-    from .evaluate import evaluate
+    from elastic_keras.runs.evaluate import evaluate
 
     evaluate(args.run_dir)
     return 0
@@ -61,8 +62,8 @@ def cmd_evaluate(args):
 
 def cmd_reproduce(args):
     """Train every unfinished run of a table, then write the tables."""
-    from .launchers import make_launcher
-    from .reproduce import reproduce
+    from elastic_keras.sweep.launchers import make_launcher
+    from elastic_keras.sweep.reproduce import reproduce
 
     written, failures = reproduce(
         args.table, profile=args.profile, protocol=args.protocol, data=args.data,
@@ -80,12 +81,11 @@ def cmd_reproduce(args):
 
 def cmd_tables(args):
     """Write Tables I and II from finished runs; --check compares with the paper."""
-    from .render import write_tables
-    from .tables import check
+    from elastic_keras.report.render import write_tables
+    from elastic_keras.report.tables import check
 
-    setting_name, data = _last_setting(args)
-    written, like, t2 = write_tables(args.runs_root, setting_name, data, args.protocol,
-                                     args.out, compute_missing=args.compute_missing)
+    written, like, t2 = write_tables(args.runs_root, _last_setting(args), args.out,
+                                     compute_missing=args.compute_missing)
     for csv_path, md_path in written.values():
         print(f"wrote {csv_path} and {md_path}")
     if args.check is None:
@@ -102,33 +102,31 @@ def cmd_tables(args):
 
 
 def _last_setting(args):
-    """(setting name, data) of --profile/--protocol/--data, else of the last reproduction
-    under the runs root."""
-    from .rundir import last, setting
+    """The Setting of --profile/--protocol/--data, else of the last reproduction under the
+    runs root."""
+    from elastic_keras.runs.names import Setting
 
-    previous = last(args.runs_root)
-    profile, data = args.profile or "paper", args.data
+    previous = Setting.last(args.runs_root)
     if args.profile is None and previous:
-        print(f"using profile {previous['profile']}, data {previous['data'] or 'cifar'} "
+        print(f"using profile {previous.profile}, data {previous.data or 'cifar'} "
               "(the last reproduction; --profile/--data choose others)")
-        profile, data = previous["profile"].split("-")[0], args.data or previous["data"]
-    return setting(profile, args.protocol), data
+        return Setting(previous.profile, args.protocol, args.data or previous.data)
+    return Setting(args.profile or "paper", args.protocol, args.data)
 
 
 def cmd_figure3(args):
     """Figure 3 of the paper from the CIFAR-10 DenseNet-121 runs' histories."""
-    from .plots import figure3
-    from .render import prefix
+    from elastic_keras.report.plots import figure3
 
-    setting_name, data = _last_setting(args)
-    out = args.out or os.path.join("results", prefix(setting_name, data) + "figure3.png")
-    print(f"wrote {figure3(args.runs_root, setting_name, data, out)}")
+    setting = _last_setting(args)
+    out = args.out or os.path.join("results", setting.prefix + "figure3.png")
+    print(f"wrote {figure3(args.runs_root, setting, out)}")
     return 0
 
 
 def cmd_bai_table2(args):
     """Bai et al.'s Table II (MACs at the first weighted and the last exit), beside theirs."""
-    from .bai import bai_table2
+    from elastic_keras.report.bai import bai_table2
 
     csv_path, md_path, ok = bai_table2(args.out)
     print(f"wrote {csv_path} and {md_path}")
@@ -137,7 +135,7 @@ def cmd_bai_table2(args):
 
 def cmd_budget(args):
     """Accuracy against average MACs of exit cascades, for a run or every run under a folder."""
-    from .budget import budget_path
+    from elastic_keras.report.budget import budget_path
 
     budget_path(args.path, criterion=args.criterion, n_thresholds=args.n_thresholds,
                 batch_size=args.batch_size, convention=args.macs_convention, out_dir=args.out)
@@ -146,7 +144,8 @@ def cmd_budget(args):
 
 def cmd_plot(args):
     """Loss and accuracy of every exit of a run, as a PNG."""
-    from .plots import plot_run
+    from elastic_keras.report.plots import plot_run
+    from elastic_keras.runs.rundir import open_run
 
-    print(f"wrote {plot_run(args.run_dir, args.out)}")
+    print(f"wrote {plot_run(open_run(args.run_dir), args.out)}")
     return 0

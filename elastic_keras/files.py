@@ -10,7 +10,7 @@ import tempfile
 import time
 from contextlib import contextmanager
 
-from .errors import ElasticKerasError
+from elastic_keras.errors import ElasticKerasError
 
 
 def _umask():

@@ -104,8 +104,8 @@ def bench(backbone, rounds, batch, size, classes=10):
     # calls triggered tf.function retracing" counts those first traces, not retraces.
     tf.get_logger().setLevel("ERROR")
     from elastic_keras import build_model, exit_info
-    from elastic_keras.cascade import Cascade
-    from elastic_keras.predictors import truncated_predictor
+    from elastic_keras.inference.cascade import Cascade
+    from elastic_keras.inference.predictors import truncated_predictor
 
     model = build_model(backbone, classes, input_size=size, weights=None)
     info = exit_info(model)

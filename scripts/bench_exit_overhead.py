@@ -52,8 +52,8 @@ def _models(size, naive, multi_way):
     import keras
 
     from elastic_keras import build_model
-    from elastic_keras.train import make_trainer
-    from elastic_keras.trainer import ExitTrainer
+    from elastic_keras.training.loop import make_trainer
+    from elastic_keras.training.objective import ExitTrainer
 
     def sgd():
         return keras.optimizers.SGD(learning_rate=LR, momentum=0.9)
@@ -114,7 +114,7 @@ def _step_seconds(model, data, steps):
 def bench(size, batch, rounds, steps, naive, multi_way):
     """Paired measurement at one setting: {"elastic": ratio, ...} (plain time / model time;
     multi_way: its time / the joint elastic time)."""
-    from elastic_keras.batches import Batches
+    from elastic_keras.data.batches import Batches
 
     names = ["elastic", "plain"] + (["naive"] if naive else []) + (
         ["multi_way"] if multi_way else [])
@@ -164,8 +164,8 @@ def main(argv=None):
     if args.backend:  # before Keras is imported
         os.environ["KERAS_BACKEND"] = args.backend
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-    from elastic_keras.environment import describe, header, import_keras_quietly
-    from elastic_keras.internals import seed_everything
+    from elastic_keras.backend.environment import describe, header, import_keras_quietly
+    from elastic_keras.backend.keras_internals import seed_everything
 
     import_keras_quietly()
     seed_everything(0)

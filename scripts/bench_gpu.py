@@ -71,9 +71,9 @@ def worker(args):
     import keras
 
     from elastic_keras import build_model
-    from elastic_keras.batches import Batches
-    from elastic_keras.environment import describe
-    from elastic_keras.trainer import ExitTrainer
+    from elastic_keras.data.batches import Batches
+    from elastic_keras.backend.environment import describe
+    from elastic_keras.training.objective import ExitTrainer
 
     sync = args.sync
     t0 = time.time()

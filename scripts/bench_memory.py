@@ -106,7 +106,7 @@ def main(argv=None):
                    help="validation batch (default: train.eval_batch_size of the config)")
     args = p.parse_args(argv)
     if args.eval_batch is None:
-        from elastic_keras.config import PROTOCOL
+        from elastic_keras.runs.config import PROTOCOL
 
         args.eval_batch = PROTOCOL["train"]["eval_batch_size"]
 
@@ -122,8 +122,8 @@ def main(argv=None):
     import tensorflow as tf
 
     from elastic_keras import build_model
-    from elastic_keras.batches import Batches
-    from elastic_keras.trainer import ExitTrainer
+    from elastic_keras.data.batches import Batches
+    from elastic_keras.training.objective import ExitTrainer
 
     print(f"TensorFlow {tf.__version__}, Keras {keras.__version__}")
     report("TensorFlow imported")

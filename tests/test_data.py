@@ -11,8 +11,8 @@ import keras
 import numpy as np
 import pytest
 
-from elastic_keras import cifar, splits
-from elastic_keras.batches import Batches
+from elastic_keras.data import cifar, splits
+from elastic_keras.data.batches import Batches
 from elastic_keras.errors import ElasticKerasError
 
 

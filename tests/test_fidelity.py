@@ -1,4 +1,4 @@
-"""Faithful to what was printed and to what was run (issue 10)."""
+"""Faithful to what was printed and to what was run."""
 
 import json
 import os
@@ -12,9 +12,9 @@ import pytest
 from conftest import tiny_cnn
 
 from elastic_keras import build_model, elastify, exit_info, loss_weights
-from elastic_keras.config import load_config
-from elastic_keras.schedule import early_stop, new_state, plateau
-from elastic_keras.train import make_trainer
+from elastic_keras.runs.config import load_config
+from elastic_keras.training.schedule import early_stop, new_state, plateau
+from elastic_keras.training.loop import make_trainer
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ID = r"[MPLTABRDGI]\d+"
@@ -120,7 +120,7 @@ def _tiny():
 
 
 def _weights_after_steps(backprop, momentum):
-    from elastic_keras.internals import seed_everything
+    from elastic_keras.backend.keras_internals import seed_everything
 
     seed_everything(1)
     net = _tiny()

@@ -11,9 +11,10 @@ import pytest
 from conftest import tiny_cnn
 
 from elastic_keras import REGISTRY, ElasticKerasError, build_model, elastify, exit_info, get_spec
-from elastic_keras.budget import budget_sweep, thresholds_from_validation, write_budget
-from elastic_keras.cascade import Cascade
-from elastic_keras.predictors import truncated_predictor
+from elastic_keras.inference.thresholds import budget_sweep, thresholds_from_validation
+from elastic_keras.report.budget import write_budget
+from elastic_keras.inference.cascade import Cascade
+from elastic_keras.inference.predictors import truncated_predictor
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # The cascade's one traced TensorFlow graph, and the per-segment path of the other backends.

@@ -1,4 +1,4 @@
-"""Sweeps: two reproducers on one runs folder, failures that fail alone, the ray launcher (issue 12)."""
+"""Sweeps: two reproducers on one runs folder, failures that fail alone, the ray launcher."""
 
 import json
 import os
@@ -8,7 +8,7 @@ import sys
 import pytest
 
 from elastic_keras.errors import ElasticKerasError
-from elastic_keras.launchers import make_launcher
+from elastic_keras.sweep.launchers import make_launcher
 
 RUNS = "cifar10-mobilenet-elastic,cifar10-mobilenet-plain,cifar100-mobilenet-plain"
 SETS = ["--set", "model.alpha=0.25", "--set", "data.train_limit=60", "--set",

@@ -1,4 +1,4 @@
-"""Registry, model factory, elastify, loss weights and cost accounting (issue 2)."""
+"""Registry, model factory, elastify, loss weights and cost accounting."""
 
 import json
 import subprocess
@@ -11,7 +11,7 @@ import pytest
 
 from elastic_keras import (REGISTRY, ElasticKerasError, build_model, elastify, exit_info,
                            get_spec, loss_weights)
-from elastic_keras.costs import cost_of
+from elastic_keras.model.costs import cost_of
 
 EXPECTED_OUTPUTS = {"densenet121": 4, "densenet169": 4, "inceptionv3": 11, "mobilenet": 13,
                     "vgg16": 5, "resnet50": 17, "resnet50_5": 5, "mobilenet_authors": 14,

@@ -1,4 +1,4 @@
-"""The README's "Your own network" example runs as written (issue 11)."""
+"""The README's "Your own network" example runs as written."""
 
 import os
 import re

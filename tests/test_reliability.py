@@ -1,4 +1,4 @@
-"""A run's life from claim to results, and elastify on any Keras network (issue 9).
+"""A run's life from claim to results, and elastify on any Keras network.
 
 Each test first reproduces a failure found by trying the package as a demanding user.
 """
@@ -16,12 +16,12 @@ import numpy as np
 import pytest
 
 from elastic_keras import ElasticKerasError, elastify, exit_info
-from elastic_keras.cascade import Cascade
-from elastic_keras.config import load_config
-from elastic_keras.internals import graph_nodes
-from elastic_keras.predictors import truncated_predictor
-from elastic_keras.rundir import RunBusy, RunDir, open_run
-from elastic_keras.train import train
+from elastic_keras.inference.cascade import Cascade
+from elastic_keras.runs.config import load_config
+from elastic_keras.backend.keras_internals import graph_nodes
+from elastic_keras.inference.predictors import truncated_predictor
+from elastic_keras.runs.rundir import RunBusy, RunDir, open_run
+from elastic_keras.runs.train import train
 
 TINY = ["model.backbone=mobilenet", "model.alpha=0.25", "data.dataset=synthetic",
         "data.train_limit=60", "data.test_limit=20", "phases.heads.lr=0.01",
@@ -105,7 +105,7 @@ def test_two_workers_on_one_run_train_it_once(tmp_path):
 def test_the_lock_of_a_killed_worker_is_taken_over(tmp_path):
     run = RunDir(tmp_path / "run")
     holder = subprocess.Popen([sys.executable, "-c", (
-        "import sys, time; from elastic_keras.rundir import RunDir\n"
+        "import sys, time; from elastic_keras.runs.rundir import RunDir\n"
         f"with RunDir({str(tmp_path / 'run')!r}).lock():\n"
         "    print('held', flush=True); time.sleep(600)")],
         stdout=subprocess.PIPE, text=True)

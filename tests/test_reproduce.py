@@ -1,4 +1,4 @@
-"""The reproduction drivers end to end on smoke runs (issue 4): tables, resume, figure, notebook."""
+"""The reproduction drivers end to end on smoke runs: tables, resume, figure, notebook."""
 
 import json
 import os
@@ -10,8 +10,8 @@ import time
 import pytest
 
 from elastic_keras import ElasticKerasError
-from elastic_keras.reproduce import run_configs, select
-from elastic_keras.tables import table_runs
+from elastic_keras.sweep.reproduce import run_configs, select
+from elastic_keras.report.tables import table_runs
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RUNS = "cifar10-densenet121-elastic,cifar10-densenet121-plain"

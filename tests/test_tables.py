@@ -10,12 +10,14 @@ import sys
 
 import pytest
 
-from elastic_keras import paper
+from elastic_keras.report import paper
 from elastic_keras.errors import ElasticKerasError
-from elastic_keras.plots import last_epoch_table, lr_drops, outputs_of, phase_boundaries
-from elastic_keras.render import write_tables
-from elastic_keras.rundir import history_columns, read_history
-from elastic_keras.tables import Runs, check, improvement_pct, table1, table2, table_runs
+from elastic_keras.report.plots import last_epoch_table, lr_drops, outputs_of, phase_boundaries
+from elastic_keras.report.render import write_tables
+from elastic_keras.runs.history import history_columns, read_history
+from elastic_keras.report.finished import Runs
+from elastic_keras.report.tables import check, improvement_pct, table1, table2
+from elastic_keras.runs.names import RunName, Setting
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PROFILE, TAG = "smoke", "synthetic"
@@ -36,11 +38,13 @@ def make_run(root, name, errors=None, profile=PROFILE, tag=TAG, finished=True, o
     errors = errors or [50.0] * len(outputs)
     conv = conv or [14, 39, 104, 168][-len(outputs):]
     params = params or [390_000, 1_470_000, 6_710_000, 20_900_000][-len(outputs):]
-    d = os.path.join(root, profile, tag, name)
+    setting = _setting(profile, tag)
+    cell = RunName.parse(name)
+    d = setting.run_path(str(root), cell)
     os.makedirs(d)
-    backbone = name.split("-")[1]
-    cfg = {"name": name, "profile": profile, "model": {"backbone": backbone, "plain": plain},
-           "data": {"dataset": tag}}
+    name = str(setting.run_name(cell))  # named by the data it saw (synthetic10-...)
+    cfg = {"name": name, "profile": profile, "protocol": "paper",
+           "model": {"backbone": cell.backbone, "plain": plain}, "data": {"dataset": tag}}
     with open(os.path.join(d, "config.json"), "w") as f:
         json.dump(cfg, f)
     # history: 2 heads epochs, 4 full epochs with an lr drop before epoch 5
@@ -95,8 +99,12 @@ def _row(rows, model):
     return next(r for r in rows if r["model"] == model)
 
 
+def _setting(profile=PROFILE, tag=TAG):
+    return Setting(profile, "paper", None if tag in ("cifar10", "cifar100", None) else tag)
+
+
 def _table1(root, selected=None, tag=TAG):
-    return table1(Runs(str(root), PROFILE, tag), selected)
+    return table1(Runs(str(root), _setting(PROFILE, tag)), selected)
 
 
 def test_improvement_is_relative_to_without():
@@ -165,13 +173,13 @@ def test_the_table_of_a_selection_shows_its_runs_only(runs):
     assert [r["model"] for r in rows] == ["DenseNet-121"]
     assert "cifar100_with" not in rows[0]  # no CIFAR-100 run selected: no CIFAR-100 group
     assert {c["model"] for c in like} == {"DenseNet-121"}
-    runs_read = Runs(str(runs), PROFILE, TAG)
+    runs_read = Runs(str(runs), _setting())
     table1(runs_read, ["cifar10-densenet121-elastic"])
     assert set(runs_read.seen) == {"cifar10-densenet121-elastic"}
 
 
 def test_table2_rows_per_exit(runs):
-    rows = table2(Runs(str(runs), PROFILE, TAG))
+    rows = table2(Runs(str(runs), _setting()))
     assert [r["model"] for r in rows] == [
         "Elastic-DenseNet-169-output-14", "Elastic-DenseNet-169-output-39",
         "Elastic-DenseNet-169-output-104", "Elastic-DenseNet-169-output-168",
@@ -188,11 +196,11 @@ def test_table2_rows_per_exit(runs):
 
 def test_write_tables_headers_and_byte_identical(runs, tmp_path):
     out = tmp_path / "results"
-    written, _, _ = write_tables(runs, PROFILE, TAG, out_dir=out)
+    written, _, _ = write_tables(runs, _setting(), out_dir=out)
     paths = [p for pair in written.values() for p in pair]
     assert os.path.basename(written["table1"][0]) == "smoke-synthetic-table1.csv"
     first = {p: open(p, "rb").read() for p in paths}
-    write_tables(runs, PROFILE, TAG, out_dir=out)
+    write_tables(runs, _setting(), out_dir=out)
     assert first == {p: open(p, "rb").read() for p in paths}
     assert sorted(os.listdir(out)) == sorted(os.path.basename(p) for p in paths)
     md1 = first[written["table1"][1]].decode()
@@ -207,7 +215,7 @@ def test_write_tables_headers_and_byte_identical(runs, tmp_path):
     # The paper profile on CIFAR data is a reproduction: no such note, plain file names.
     root = tmp_path / "paper_runs"
     make_run(root, "cifar10-densenet121-plain", [6.0], profile="paper", tag="cifar10")
-    p, _, _ = write_tables(root, "paper", None, out_dir=out, which=("table1",))
+    p, _, _ = write_tables(root, Setting(), out_dir=out, which=("table1",))
     assert os.path.basename(p["table1"][1]) == "table1.md"
     md = open(p["table1"][1]).read()
     assert "NOT a reproduction" not in md and "Setting: `paper`" in md
@@ -224,7 +232,7 @@ def test_a_run_of_other_data_is_refused(tmp_path):
 
 
 def test_check_compares_like_with_like_and_the_cli(runs, tmp_path):
-    _, like, t2 = write_tables(runs, PROFILE, TAG, out_dir=tmp_path / "r")
+    _, like, t2 = write_tables(runs, _setting(), out_dir=tmp_path / "r")
     violations, compared = check(like, t2, 1.0)
     # Table I: D121 x3, D169 x1, R50 plain x2 (the ResNet-50 and ResNet-50-5 baselines),
     # R50-5 x1, the authors' MobileNet x2; Table II: 4 exits + DenseNet-121.
@@ -245,14 +253,14 @@ def test_check_compares_like_with_like_and_the_cli(runs, tmp_path):
 
 
 def test_history_helpers_and_depth_order(runs):
-    h = read_history(runs / PROFILE / TAG / "cifar10-densenet121-elastic")
+    h = read_history(runs / PROFILE / TAG / "synthetic10-densenet121-elastic")
     assert outputs_of(h) == ["exit_1", "exit_2", "exit_3", "final"]
     assert phase_boundaries(h) == [(2.5, "heads", "full")]
     assert lr_drops(h) == [(5, 1e-3, 1e-4)]
     last = last_epoch_table(h)
     assert list(last.index) == ["exit_1", "exit_2", "exit_3", "final"]
     assert last.loc["final", "val_loss"] == pytest.approx(3.2 / 6)
-    assert outputs_of(read_history(runs / PROFILE / TAG / "cifar10-densenet121-plain")) == \
+    assert outputs_of(read_history(runs / PROFILE / TAG / "synthetic10-densenet121-plain")) == \
         ["final"]
     with pytest.raises(ElasticKerasError, match="no training history"):
         read_history(runs / "nope")
@@ -281,10 +289,10 @@ def test_figure3_cli(runs, tmp_path):
 def test_notebook_executes_headless(runs):
     pytest.importorskip("nbclient")
     nb = run_notebook(os.path.join(REPO, "notebooks", "loss_curves.ipynb"),
-                      run_dir=runs / PROFILE / TAG / "cifar100-densenet169-elastic", timeout=120)
+                      run_dir=runs / PROFILE / TAG / "synthetic100-densenet169-elastic", timeout=120)
     text = "".join(o.get("text", "") for c in nb.cells if c.cell_type == "code"
                    for o in c.get("outputs", []))
-    assert "cifar100-densenet169-elastic" in text and "NOT a reproduction" in text
+    assert "synthetic100-densenet169-elastic" in text and "NOT a reproduction" in text
     images = [o for c in nb.cells for o in c.get("outputs", []) if "image/png" in o.get("data", {})]
     assert len(images) == 2  # per-exit curves, error vs MACs
 
@@ -299,7 +307,7 @@ def test_notebook_finds_first_run_by_default(runs, tmp_path, monkeypatch):
     nb = run_notebook(os.path.join(REPO, "notebooks", "loss_curves.ipynb"), timeout=120,
                       cwd=str(tree))
     text = "".join(o.get("text", "") for c in nb.cells for o in c.get("outputs", []))
-    assert "cifar10-densenet121-elastic" in text  # sorted first under runs/smoke/synthetic
+    assert "synthetic10-densenet121-elastic" in text  # sorted first under runs/smoke/synthetic
     os.remove(tree / "runs")
     os.mkdir(tree / "runs")
     with pytest.raises(ElasticKerasError, match="no run with a history.csv"):
@@ -309,7 +317,7 @@ def test_notebook_finds_first_run_by_default(runs, tmp_path, monkeypatch):
 
 @pytest.mark.slow
 def test_table2_computes_counts_of_missing_runs(tmp_path):
-    rows = table2(Runs(str(tmp_path / "none"), PROFILE, TAG), compute_missing=True)
+    rows = table2(Runs(str(tmp_path / "none"), _setting()), compute_missing=True)
     assert [r["counts_source"] for r in rows] == ["computed"] * 6
     assert [round(r["params_millions"], 2) for r in rows] == [0.39, 1.47, 6.71, 20.90, 20.80,
                                                               12.06]

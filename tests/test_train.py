@@ -1,4 +1,4 @@
-"""Two-phase trainer, resume, evaluation and bad input (issue 3)."""
+"""Two-phase trainer, resume, evaluation and bad input."""
 
 import csv
 import json
@@ -13,13 +13,15 @@ import numpy as np
 import pytest
 
 from elastic_keras import ElasticKerasError, build_model
-from elastic_keras.config import load_config
-from elastic_keras.batches import Batches
-from elastic_keras.splits import load_dataset
-from elastic_keras.models import head_layers
-from elastic_keras.rundir import open_run
-from elastic_keras.trainer import ExitTrainer
-from elastic_keras.train import train
+from elastic_keras.runs.config import load_config
+from elastic_keras.data.batches import Batches
+from elastic_keras.data.splits import load_dataset
+from elastic_keras.model.exits import head_layers
+from elastic_keras.runs.rundir import open_run
+from elastic_keras.training.objective import ExitTrainer
+from elastic_keras.runs.train import train
+from elastic_keras.training.loop import Job, start_phase
+from elastic_keras.training.state import RunState
 
 TINY = ["model.backbone=mobilenet", "data.dataset=synthetic", "data.train_limit=100",
         "data.test_limit=40", "phases.heads.lr=0.01", "phases.full.lr=0.01"]
@@ -42,14 +44,17 @@ def test_phase_heads_freezes_the_backbone_and_phase_full_trains_it():
     trainer = ExitTrainer(net, [1.0] * len(net.outputs))
     heads = [l for l in net.layers if l.name in head_layers(net)]
     body = [l for l in net.layers if l not in heads and l.weights]
+    cfg = {"name": "t", "train": {"reload_best_between_phases": True}}
+    job = Job(cfg, data, net, trainer, {}, [1.0] * len(net.outputs))
+    phases = [(n, {"trainable": n, "lr": 0.01, "momentum": 0.9}) for n in ("heads", "all")]
+    state = RunState()
 
     def snapshot(layers):
         return [w.numpy().copy() for l in layers for w in l.weights]
 
     def fit(trainable):
-        for layer in net.layers:
-            layer.trainable = trainable == "all" or layer in heads
-        trainer.compile(optimizer=keras.optimizers.SGD(0.01, momentum=0.9))
+        # The loop's own phase start: what trains, and a fresh compile.
+        start_phase(None, job, state, ["heads", "all"].index(trainable), phases, print)
         trainer.fit(Batches(data.x_train, data.y_train, 16, shuffle=True), epochs=1, verbose=0,
                     shuffle=False)
 

@@ -1,0 +1,1 @@
+"""Backend and device: what runs where, and the package's only use of Keras internals."""

@@ -1,0 +1,1 @@
+"""Data: CIFAR files, datasets, splits, batches and in-graph preprocessing."""

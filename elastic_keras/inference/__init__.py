@@ -1,0 +1,1 @@
+"""Elastic inference: truncated predictors, the exit cascade, thresholds, calibration, export."""

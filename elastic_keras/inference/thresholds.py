@@ -1,0 +1,114 @@
+"""Thresholds of exit cascades from validation, and the accuracy-vs-MACs sweep they give."""
+
+import math
+
+import numpy as np
+
+from elastic_keras.inference.cascade import path_macs
+from elastic_keras.errors import ElasticKerasError
+from elastic_keras.inference.predictors import (
+    check_criterion,
+    confidence,
+    exit_probabilities,
+    load,
+    route,
+)
+
+
+
+BUDGET_COLUMNS = ("kind", "criterion", "threshold", "quantile", "exit", "test_accuracy",
+                  "test_macs", "macs_fraction", "val_accuracy", "val_macs", "exit_fractions",
+                  "n_test")
+
+
+def _labels(y):
+    y = np.asarray(y)
+    return y.argmax(axis=1) if y.ndim == 2 else y.reshape(-1)
+
+
+def _endpoints(criterion):
+    """(everyone leaves at exit 1, everyone reaches the final exit) thresholds."""
+    return (0.0, math.inf) if criterion == "max_prob" else (math.inf, -math.inf)
+
+
+def thresholds_from_validation(val_probs, criterion, n_thresholds):
+    """Thresholds at evenly spaced quantiles of the validation confidences of the early exits.
+
+    Pooling every early exit's confidences makes the thresholds span the whole range the
+    cascade acts on, from everyone leaving at exit 1 to everyone reaching the final exit
+    (both endpoints are added). Returns [(threshold, quantile or None)], from cheap to dear.
+    Test labels are never used to pick anything (FIDELITY.md I4).
+    """
+    if n_thresholds < 2:
+        raise ElasticKerasError(f"n_thresholds must be >= 2, got {n_thresholds}")
+    pooled = np.concatenate([np.asarray(confidence(p, criterion)) for p in val_probs[:-1]])
+    levels = np.linspace(0.0, 1.0, n_thresholds)
+    if criterion == "entropy":  # low entropy = confident: cheap end is the high quantile
+        levels = levels[::-1]
+    cheap, dear = _endpoints(criterion)
+    picked = [(cheap, None)] + [(float(np.quantile(pooled, q)), float(q)) for q in levels]
+    picked.append((dear, None))
+    seen, result = set(), []
+    for thr, q in picked:
+        if thr not in seen:
+            seen.add(thr)
+            result.append((thr, q))
+    return result
+
+
+def budget_sweep(model, x_val, y_val, x_test, y_test, criterion="max_prob", n_thresholds=21,
+                 batch_size=256, convention="full"):
+    """Test accuracy against average MACs per image of cascades and of each exit alone.
+
+    Budgeted batch classification (elastic inference): thresholds are chosen on the
+    validation set only (quantiles of its confidences); each is then applied to the test
+    set. Every exit's softmax is computed once per image and the cascade's rule (`route`)
+    replayed for each threshold, which gives exactly the exits a Cascade takes; the cost
+    of an image is `path_macs` of its exit (backbone to the tap plus every head passed).
+    Fixed-exit rows are the truncated predictors: test accuracy of exit k alone and its
+    own MACs (ExitInfo.macs). Returns a list of dicts (columns BUDGET_COLUMNS).
+    The replay from one pass is FIDELITY.md I5.
+    """
+    from elastic_keras.model.exits import exit_info
+
+    model = load(model)
+    check_criterion(criterion)
+    for what, x, y in (("validation", x_val, y_val), ("test", x_test, y_test)):
+        if len(x) == 0 or len(x) != len(_labels(y)):
+            raise ElasticKerasError(f"{what} set: {len(x)} images and {len(_labels(y))} labels")
+    y_val, y_test = _labels(y_val), _labels(y_test)
+    val = exit_probabilities(model, x_val, batch_size)
+    test = exit_probabilities(model, x_test, batch_size)
+    costs = np.asarray(path_macs(model, convention), dtype=np.float64)
+    infos = exit_info(model, convention)
+    final_macs = infos[-1].macs
+    names = list(model.output_names)
+
+    # Each exit's predictions, once; a threshold then only picks one exit per image.
+    val_pred = np.stack([p.argmax(axis=1) for p in val])
+    test_pred = np.stack([p.argmax(axis=1) for p in test])
+    rows = []
+    for thr, q in thresholds_from_validation(val, criterion, n_thresholds):
+        val_acc, val_macs, _ = _outcome(val_pred, y_val, route(val, criterion, thr), costs)
+        acc, macs, frac = _outcome(test_pred, y_test, route(test, criterion, thr), costs)
+        rows.append(dict(kind="cascade", criterion=criterion, threshold=thr, quantile=q,
+                         exit="", test_accuracy=acc, test_macs=macs,
+                         macs_fraction=macs / final_macs, val_accuracy=val_acc,
+                         val_macs=val_macs,
+                         exit_fractions=" ".join(f"{f:.4f}" for f in frac),
+                         n_test=len(y_test)))
+    for k, info in enumerate(infos):
+        rows.append(dict(kind="exit", criterion="", threshold=None, quantile=None,
+                         exit=names[k],
+                         test_accuracy=float((test_pred[k] == y_test).mean()),
+                         test_macs=float(info.macs), macs_fraction=info.macs / final_macs,
+                         val_accuracy=float((val_pred[k] == y_val).mean()),
+                         val_macs=float(info.macs), exit_fractions="", n_test=len(y_test)))
+    return rows
+
+
+def _outcome(pred, y, taken, costs):
+    """Accuracy, mean cost and per-exit fractions of images routed to the exits `taken`."""
+    right = pred[taken, np.arange(len(y))] == y
+    frac = np.bincount(taken, minlength=len(pred)) / len(y)
+    return float(right.mean()), float(costs[taken].mean()), frac

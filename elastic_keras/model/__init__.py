@@ -1,0 +1,1 @@
+"""Models: where exits go (the registry), the one factory, exit records and their costs."""

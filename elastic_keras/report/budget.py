@@ -1,0 +1,113 @@
+"""The budget of trained runs: test accuracy against cost of exit cascades, as CSV and PNG."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from elastic_keras import files
+from elastic_keras.errors import ElasticKerasError
+from elastic_keras.inference.thresholds import BUDGET_COLUMNS, budget_sweep
+from elastic_keras.report.plots import new_figure, save_figure
+from elastic_keras.runs.rundir import RunDir, find_runs, open_run
+from elastic_keras.training.state import EVALUATED
+
+BUDGET_CSV, BUDGET_PNG = "budget.csv", "budget.png"
+
+
+def write_budget(csv_path: str, png_path: str, rows: list[dict[str, Any]], title: str) -> None:
+    """Write the budget rows as CSV and their accuracy-vs-MACs figure as PNG, atomically."""
+    if not rows:
+        raise ElasticKerasError("write_budget got no rows")
+    columns = list(BUDGET_COLUMNS) + [c for c in rows[0] if c not in BUDGET_COLUMNS]
+    files.write_csv(csv_path, columns, rows)
+    save_figure(budget_figure(rows, title), png_path)
+
+
+def budget_figure(rows, title):
+    """Test accuracy against MACs per image: the cascade's curve and each exit alone."""
+    cascade = sorted((r for r in rows if r["kind"] == "cascade"), key=lambda r: r["test_macs"])
+    exits = [r for r in rows if r["kind"] == "exit"]
+    top = max(r["test_macs"] for r in rows)
+    scale, unit = next((s, u) for s, u in ((1e9, "G"), (1e6, "M"), (1e3, "k"), (1.0, ""))
+                       if top >= s or s == 1.0)
+    fig = new_figure(figsize=(6.4, 4.4))
+    ax = fig.add_subplot(1, 1, 1)
+    if cascade:
+        crit = cascade[0]["criterion"]
+        ax.plot([r["test_macs"] / scale for r in cascade],
+                [100 * r["test_accuracy"] for r in cascade], "-o", ms=3, lw=1.5,
+                label=f"cascade ({crit}; thresholds from validation)")
+    if exits:
+        ax.plot([r["test_macs"] / scale for r in exits],
+                [100 * r["test_accuracy"] for r in exits], "s", ms=6, mfc="none", mew=1.5,
+                color="C3", label="each exit alone")
+        for k, r in enumerate(exits, 1):
+            ax.annotate(str(k) if r["exit"] != "final" else "final",
+                        (r["test_macs"] / scale, 100 * r["test_accuracy"]),
+                        xytext=(3, 3), textcoords="offset points", fontsize="x-small",
+                        color="C3")
+    ax.set_xlabel(f"MACs per image ({unit}MACs)" if unit else "MACs per image")
+    ax.set_ylabel("test accuracy (%)")
+    ax.set_title(title, fontsize="medium")
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize="small", loc="best")
+    fig.tight_layout()
+    return fig
+
+
+def budget_run(run: RunDir, criterion: str = "max_prob", n_thresholds: int = 21,
+               batch_size: int | None = None, convention: str = "full",
+               out_dir: str | None = None, log=print) -> list[dict[str, Any]]:
+    """budget.csv and budget.png of a finished run (its best checkpoint, its own splits),
+    written into the run directory (or `out_dir`)."""
+    from elastic_keras.data.splits import load_data
+
+    run.require(EVALUATED, "budget it (train and evaluate it first)")
+    cfg = run.config
+    data = load_data(cfg["data"])
+    rows = budget_sweep(run.model(), data.x_val, data.y_val, data.x_test, data.y_test,
+                        criterion=criterion, n_thresholds=n_thresholds,
+                        batch_size=batch_size or cfg["train"]["eval_batch_size"],
+                        convention=convention)
+    name = cfg["name"]
+    title = (f"{name} ({cfg['profile']} profile, {cfg['data']['dataset']} data): elastic "
+             f"inference, {criterion}")
+    csv_path, png_path = ((os.path.join(out_dir, BUDGET_CSV), os.path.join(out_dir, BUDGET_PNG))
+                          if out_dir else (run.output(BUDGET_CSV), run.output(BUDGET_PNG)))
+    write_budget(csv_path, png_path, rows, title)
+    # One operating point for the log, picked on validation: the cheapest threshold whose
+    # validation accuracy reaches the final exit's.
+    final = next(r for r in rows if r["kind"] == "exit" and r["exit"] == "final")
+    ok = [r for r in rows if r["kind"] == "cascade"
+          and r["val_accuracy"] >= final["val_accuracy"]]
+    pick = min(ok, key=lambda r: r["val_macs"]) if ok else None
+    summary = (f"cascade at t={pick['threshold']:.4g} (cheapest reaching the final exit's "
+               f"validation accuracy): test {100 * pick['test_accuracy']:.2f}% at "
+               f"{pick['macs_fraction']:.2f} x the final exit's MACs" if pick else
+               "no cascade reaches the final exit's validation accuracy")
+    log(f"[{name}] wrote {csv_path}, {png_path}; final exit: test "
+        f"{100 * final['test_accuracy']:.2f}%; {summary}")
+    return rows
+
+
+def budget_path(path: str, log=print, **options: Any) -> int:
+    """budget.csv/png of a finished run, or of every finished run under a folder (the
+    unfinished ones are named and skipped). Returns the number of runs done."""
+    if not os.path.isdir(path):
+        raise ElasticKerasError(f"not a run directory nor a folder of runs: {path}")
+    if RunDir(path).exists:
+        budget_run(open_run(path), log=log, **options)
+        return 1
+    runs = find_runs(path)
+    if not runs:
+        raise ElasticKerasError(f"not a run directory, and no run directories under {path}")
+    done = [run for run in runs if run.finished]
+    for run in runs:
+        if run not in done:
+            log(f"skip {run.dir}: not finished ({run.status})")
+    for run in done:
+        budget_run(run, log=log, **options)
+    log(f"budget: {len(done)} finished run(s) under {path}"
+        + ("" if done else "; train and evaluate some first"))
+    return len(done)

@@ -1,0 +1,65 @@
+"""The finished runs a table reads: each run's results.json, read once, its provenance checked."""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass, field
+
+from elastic_keras.errors import ElasticKerasError
+from elastic_keras.runs import rundir
+from elastic_keras.runs.names import RunName, Setting
+
+MISSING, UNFINISHED, FINISHED = "missing", "unfinished", "finished"
+
+
+@dataclass
+class Runs:
+    """Finished runs of a setting under runs_root, read once each."""
+
+    root: str
+    setting: Setting
+    seen: dict = field(default_factory=dict)  # name -> (status, path, results or None)
+
+    @property
+    def protocol(self) -> str:
+        return self.setting.protocol
+
+    def get(self, dataset, name):
+        """Results of the finished run serving a table cell (`name`, on `dataset`), else
+        None (a blank cell: FIDELITY.md G4); the runs of a data tag all live in one folder
+        (FIDELITY.md G6)."""
+        if name not in self.seen:
+            path = self.setting.run_path(self.root, RunName.parse(name))
+            results = rundir.RunDir(path).results  # None unless finished
+            status = MISSING if not os.path.isdir(path) else \
+                FINISHED if results is not None else UNFINISHED
+            if results is not None:
+                self._check_provenance(path, results, dataset)
+            self.seen[name] = (status, path, results)
+        return self.seen[name][2]
+
+    def _check_provenance(self, path, res, dataset):  # FIDELITY.md G5
+        expected = {"dataset": self.setting.data or dataset, "protocol": self.protocol}
+        for key, want in expected.items():
+            if res.get(key, want) != want:
+                raise ElasticKerasError(
+                    f"{path}: results.json says {key} {res[key]!r}, but the table is for "
+                    f"{key} {want!r}; move the run or pass the matching options")
+
+    def environments(self, names):
+        """'backend / device' of the finished runs among `names` ('' when none)."""
+        found = {f"{r['backend']} / {r['device']}" for n in names
+                 if n in self.seen and (r := self.seen[n][2]) and "backend" in r}
+        return "; ".join(sorted(found))
+
+
+def error_at(results, exit_kind):
+    """Test error (%) of a finished run at its final or penultimate exit; NaN if absent. The
+    final exit's, at the best checkpoint by validation loss (FIDELITY.md G3)."""
+    if results is None:
+        return math.nan
+    exits = results["exits"]
+    if exit_kind == "penultimate":
+        return exits[-2]["test_error_pct"] if len(exits) > 1 else math.nan
+    return float(exits[-1]["test_error_pct"])

@@ -1,0 +1,1 @@
+"""Sweeps: every run of a table, launched locally or on Ray."""

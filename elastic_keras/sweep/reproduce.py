@@ -1,0 +1,84 @@
+"""Reproduction driver: train every unfinished run of a table, then write the tables once."""
+
+import json
+import os
+import time
+
+from elastic_keras.runs.config import load_config
+from elastic_keras.data.cifar import CIFAR
+from elastic_keras.errors import ElasticKerasError
+from elastic_keras.model.registry import REGISTRY
+from elastic_keras.runs.names import RunName, Setting
+from elastic_keras.report.tables import table_runs
+
+
+def select(table, runs=None, protocol="paper"):
+    """The table's run names, or the subset `runs` (run names or backbone names)."""
+    names = table_runs(table, protocol)
+    if not runs:
+        return names
+    wanted = [r.strip() for r in runs.split(",") if r.strip()] if isinstance(runs, str) else runs
+    backbone = {n: RunName.parse(n).backbone for n in names}
+    chosen = [n for n in names if n in wanted or backbone[n] in wanted]
+    unknown = [w for w in wanted if w not in names and w not in backbone.values()]
+    if unknown:
+        raise ElasticKerasError(
+            f"--runs: {unknown} match no run of {table}; valid: run names ({names[0]}, ...) "
+            f"or backbones ({', '.join(sorted(set(backbone.values()) & set(REGISTRY)))})")
+    return chosen
+
+
+def run_configs(table, profile="paper", protocol="paper", data=None, data_dir=None,
+                weights=None, runs=None, extra=()):
+    """Resolved configs of the runs to do, and the runs skipped. `data` replaces the
+    dataset: 'synthetic' keeps the cell's class count, 'digits' serves the 10-class cells."""
+    configs, skipped = [], []
+    for name in select(table, runs, protocol):
+        dataset = RunName.parse(name).dataset
+        classes = CIFAR[dataset]["classes"]
+        sets = list(extra)
+        if data:
+            if data == "digits" and classes != 10:
+                skipped.append(name)
+                continue
+            sets += [f"data.dataset={data}", f"data.num_classes={classes}"]
+        if data_dir:  # absolute: workers may start elsewhere (ray)
+            sets.append(f"data.data_dir={os.path.abspath(data_dir)}")
+        if weights:
+            sets.append("model.weights=" + ("null" if weights.lower() == "none" else weights
+                                             if weights == "imagenet" else os.path.abspath(weights)))
+        configs.append(load_config(name, sets, profile=profile, protocol=protocol))
+    return configs, skipped
+
+
+def reproduce(table, profile="paper", protocol="paper", data=None, data_dir=None, weights=None,
+              runs=None, runs_root="runs", out_dir="results", extra=(), allow_cpu=False,
+              dry_run=False, launcher=None, log=print):
+    """Train what is not finished (resuming partial runs) with `launcher` (local: one after
+    another in this process), then write the tables once. A failing run fails alone; the
+    summary names the failures. Returns (written tables, [(name, message)] failures)."""
+    from elastic_keras.sweep.launchers import local_launcher
+    from elastic_keras.report.render import write_tables
+
+    configs, skipped = run_configs(table, profile, protocol, data, data_dir, weights, runs,
+                                   extra)
+    for name in skipped:
+        log(f"skip {name}: dataset {data} has 10 classes, this cell needs more")
+    if dry_run:
+        log(json.dumps(configs, indent=2))
+        return {}, []
+    if not configs:
+        raise ElasticKerasError(f"no run of {table} to do with data {data!r}")
+    setting = Setting.of(configs[0])
+    setting.record(runs_root)
+    start = time.time()
+    failures = (launcher or local_launcher)(configs, runs_root=runs_root, allow_cpu=allow_cpu,
+                                            log=log)
+    log(f"=== {len(configs)} runs ended in {time.time() - start:.0f} s"
+        + (f"; {len(failures)} failed: " + ", ".join(n for n, _ in failures) if failures else ""))
+    for name, message in failures:
+        log(f"    {name}: {message}")
+    cells = [n for n in select(table, runs, protocol) if n not in skipped]
+    which = [t for t in ("table1", "table2") if t == table or set(cells) & set(table_runs(t))]
+    written, _, _ = write_tables(runs_root, setting, out_dir, selected=cells, which=which)
+    return written, failures

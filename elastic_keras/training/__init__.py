@@ -1,0 +1,1 @@
+"""Training: the summed-loss objective, loss weights, the one loop with phases as data."""
