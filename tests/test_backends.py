@@ -119,7 +119,7 @@ def test_a_run_records_backend_device_and_versions(tmp_path):
                              "data.test_limit=20", "phases.full.epochs=0"], profile="smoke")
     lines = []
     run = train(cfg, runs_root=tmp_path, log=lines.append, verbose=False)
-    session = run.state["sessions"][-1]
+    session = run.state.sessions[-1]
     assert session["backend"] == BACKEND and "CPU" in session["device"]
     assert session["versions"]["keras"] == keras.__version__
     res = run.results

@@ -148,7 +148,7 @@ def test_a_smoke_run_with_multi_way_backprop_trains_and_evaluates(tmp_path):
              "data.test_limit=20", "--set", "train.backprop=multi_way", "--runs-root",
              str(tmp_path))
     assert r.returncode == 0, r.stderr
-    res = json.load(open(tmp_path / "smoke" / "synthetic" / "cifar10-vgg16-elastic" /
+    res = json.load(open(tmp_path / "smoke" / "synthetic" / "synthetic10-vgg16-elastic" /
                          "results.json"))
     assert res["config"]["train"]["backprop"] == "multi_way" and len(res["exits"]) == 5
 

@@ -269,7 +269,8 @@ def test_budget_sweep_and_write_budget(tiny, tmp_path):
     assert ent[0]["test_macs"] == PATH_MACS[0] and ent[-1]["test_macs"] == PATH_MACS[-1]
     assert all(a["test_macs"] <= b["test_macs"] for a, b in zip(ent, ent[1:]))
 
-    csv_path, png_path = write_budget(tmp_path, rows, "tiny: budget")
+    csv_path, png_path = str(tmp_path / "budget.csv"), str(tmp_path / "budget.png")
+    write_budget(csv_path, png_path, rows, "tiny: budget")
     with open(csv_path, newline="") as f:
         written = list(csv.DictReader(f))
     assert len(written) == len(rows) and written[0]["kind"] == "cascade"

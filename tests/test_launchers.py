@@ -37,6 +37,7 @@ def test_two_reproducers_at_once_train_every_run_once(tmp_path):
     assert [p.returncode for p in procs] == [0, 0], [e for _, e in outs]
     runs = tmp_path / "runs" / "smoke" / "synthetic"
     for name in RUNS.split(","):
+        name = name.replace("cifar10-", "synthetic10-", 1)  # runs are named by their data
         state = json.loads((runs / name / "state.json").read_text())
         assert state["status"] == "evaluated"
         assert len(state["sessions"]) == 1, name  # trained once, by one worker
@@ -50,13 +51,13 @@ def test_two_reproducers_at_once_train_every_run_once(tmp_path):
 
 
 def test_a_failing_run_fails_alone_and_the_summary_names_it(tmp_path):
-    broken = tmp_path / "runs" / "smoke" / "synthetic" / "cifar10-mobilenet-plain"
+    broken = tmp_path / "runs" / "smoke" / "synthetic" / "synthetic10-mobilenet-plain"
     broken.mkdir(parents=True)
     (broken / "config.json").write_text('{"name": ')  # a corrupt run directory
     r = _reproduce(tmp_path, runs="cifar10-mobilenet-elastic,cifar10-mobilenet-plain")
     assert r.returncode == 1, r.stderr
     assert "1 failed: cifar10-mobilenet-plain" in r.stdout and "corrupt" in r.stdout
-    assert (tmp_path / "runs" / "smoke" / "synthetic" / "cifar10-mobilenet-elastic" /
+    assert (tmp_path / "runs" / "smoke" / "synthetic" / "synthetic10-mobilenet-elastic" /
             "results.json").exists()
     md = (tmp_path / "results" / "smoke-synthetic-table1.md").read_text()
     assert "`cifar10-mobilenet-plain`: unfinished" in md

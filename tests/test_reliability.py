@@ -80,7 +80,7 @@ def test_killed_between_phases_evaluate_refuses_then_resume_says_so(tmp_path):
     r = _cli(*args)
     assert r.returncode == 0, r.stderr
     assert "resuming after epoch 1 (phase 'heads', 1 epochs into it)" in r.stdout
-    assert open_run(run_dir).finished and len(open_run(run_dir).state["history"]) == 3
+    assert open_run(run_dir).finished and len(open_run(run_dir).state.history) == 3
     assert _cli("evaluate", str(run_dir)).returncode == 0  # a finished run re-evaluates
 
 
@@ -98,8 +98,8 @@ def test_two_workers_on_one_run_train_it_once(tmp_path):
     assert len(trained) == 1 and len(waited) == 1
     assert "waiting for" in waited[0]
     run = open_run(root / "smoke" / "synthetic" / "r")
-    assert [r["epoch"] for r in run.state["history"]] == [1, 2]
-    assert len(run.state["sessions"]) == 1
+    assert [r["epoch"] for r in run.state.history] == [1, 2]
+    assert len(run.state.sessions) == 1
 
 
 def test_the_lock_of_a_killed_worker_is_taken_over(tmp_path):

@@ -48,7 +48,7 @@ def test_selection_and_data_replacement():
 
 def test_smoke_reproduce_resumes_rewrites_identically_and_feeds_figure_and_notebook(tmp_path):
     runs = tmp_path / "runs" / "smoke" / "synthetic"
-    first, second = runs / "cifar10-densenet121-elastic", runs / "cifar10-densenet121-plain"
+    first, second = runs / "synthetic10-densenet121-elastic", runs / "synthetic10-densenet121-plain"
     # Interrupt (kill -9) while the second run trains, then run the same command again.
     proc = _reproduce(tmp_path, popen=True)
     deadline = time.time() + 600
@@ -113,5 +113,5 @@ def test_a_built_wheel_reproduces_a_smoke_table_from_any_folder(tmp_path):
     assert r.returncode == 0, r.stderr
     md = (outside / "results" / "smoke-synthetic-table1.md").read_text()
     assert "| MobileNet | — | 10.37ᵃ |" in md and "7.82ᵃᵖ" in md  # the paper's numbers
-    assert (outside / "runs" / "smoke" / "synthetic" / "cifar10-mobilenet-elastic" /
+    assert (outside / "runs" / "smoke" / "synthetic" / "synthetic10-mobilenet-elastic" /
             "results.json").exists()

@@ -1,4 +1,4 @@
-"""Where a run runs: the Keras backend, the accelerator it sees, library versions, GPU memory."""
+"""Where a run runs: backend, accelerator, library versions, GPU memory (per backend: B1)."""
 
 import os
 import platform

@@ -1,4 +1,4 @@
-"""Every touch of a private Keras attribute, in one place (Keras 3.15; FIDELITY.md B1)."""
+"""Private Keras attributes and each backend's random state, in one place (Keras 3.15; B1)."""
 
 import random
 

@@ -1,8 +1,8 @@
 """The early-exit cascade: confident images leave at an early exit, the rest go on.
 
-This module holds the package's only TensorFlow-specific code: under TensorFlow the whole
-cascade is one traced graph whose exit tests are `tf.cond`s; under JAX and PyTorch a
-per-segment path gives the same predictions and exit counts (FIDELITY.md I6).
+Backend-specific (FIDELITY.md B1): under TensorFlow the whole cascade is one traced graph
+whose exit tests are `tf.cond`s; under JAX and PyTorch a per-segment path gives the same
+predictions and exit counts (FIDELITY.md I6).
 """
 
 from __future__ import annotations

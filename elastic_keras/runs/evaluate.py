@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 from elastic_keras.runs.rundir import RunDir, open_run
-from elastic_keras.training.state import RunState
+from elastic_keras.training.state import TRAINED, RunState
 
 
 def evaluate_run(run: RunDir, net: Any, data: Any, state: RunState, log=print) -> dict[str, Any]:
@@ -60,6 +60,7 @@ def evaluate(path: str, log=print) -> dict[str, Any]:
 
     run = open_run(path)
     with run.lock(wait=False):
-        net = run.model()  # refuses a run that has not finished training
+        run.require(TRAINED, "evaluate it")
+        net = run.model()
         data = load_data(run.config["data"])
         return evaluate_run(run, net, data, run.state or RunState(), log)

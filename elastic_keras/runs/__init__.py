@@ -1,0 +1,1 @@
+"""Runs: configs, the run directory, training and evaluating one run."""
