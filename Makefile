@@ -49,15 +49,19 @@ SETTING_ARGS = $(if $(PROFILE),--profile $(PROFILE)) $(if $(PROTOCOL),--protocol
                $(if $(DATA),--data $(DATA))
 
 # The offline demo: a reduced Table I on scikit-learn's digits (elastic against plain),
-# tables, loss curves and an accuracy-vs-MACs curve under results/demo/.
+# tables, loss curves and an accuracy-vs-MACs curve under results/demo/, and a calibrated,
+# certified early-exit threshold for Elastic-MobileNet (needs the calibration extra).
 EK := $(PY) -m elastic_keras
 DEMO_RUN := runs/demo/digits/digits-mobilenet-elastic
-demo: $(STAMP)
+CAL     := $(VENV)/.installed-calibration
+demo: $(STAMP) $(CAL)
 	$(EK) reproduce table1 --profile demo --data digits --runs mobilenet,densenet121 \
 	    --out results/demo
 	$(EK) plot $(DEMO_RUN) --out results/demo/loss_curves.png
+	$(EK) calibrate $(DEMO_RUN) --epsilon 0.02 --delta 0.1
 	$(EK) budget $(DEMO_RUN) --out results/demo
-	@echo "demo results: results/demo/ (demo profile on digits: NOT a reproduction)"
+	@echo "demo results: results/demo/ (demo profile on digits: NOT a reproduction);"
+	@echo "certified threshold, temperatures: $(DEMO_RUN)/calibration.json (what it certifies: above)"
 
 # The paper's tables: trains every unfinished run (resuming partial ones), then writes
 # results/table1.{csv,md} / table2.{csv,md}. Interrupt and rerun at will.
@@ -78,11 +82,12 @@ figure3: $(STAMP)
 
 # Benchmarks print ratios measured in one run (targets in their last lines); the GPU one
 # (scripts/bench_gpu.py) wants a GPU.
-bench: $(STAMP)
+bench: $(STAMP) $(CAL)
 	$(PY) scripts/bench_exit_overhead.py
 	$(PY) scripts/bench_memory.py
 	$(PY) scripts/bench_exit_latency.py
 	$(PY) scripts/bench_resume.py
+	$(PY) scripts/bench_guarantee.py
 
 install: $(STAMP)
 
@@ -120,6 +125,10 @@ budget: $(STAMP)
 # Bai et al. Table II (MACs at the first weighted and the last exit), beside the paper's.
 reproduce-bai-table2: $(STAMP)
 	$(EK) bai-table2
+
+$(CAL): $(STAMP)
+	$(PY) -m pip install --quiet -e ".[calibration]"
+	touch $(CAL)
 
 # Ray, for LAUNCHER=ray (an optional extra: the default install and the demo need none).
 install-ray: $(RAY)

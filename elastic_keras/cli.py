@@ -118,10 +118,38 @@ def _report(sub):
                    help="default: the run's train.eval_batch_size")
     g.add_argument("--macs-convention", choices=CONVENTIONS, default="full")
     g.set_defaults(func=C.cmd_budget)
+    _calibrate(sub)
     p = sub.add_parser("plot", help="loss and accuracy of every exit of a run, as a PNG")
     p.add_argument("run_dir")
     p.add_argument("--out", default=None, help="default: RUN_DIR/curves.png")
     p.set_defaults(func=C.cmd_plot)
+
+
+def _calibrate(sub):
+    c = sub.add_parser("calibrate", help="per-exit temperatures and the cheapest early-exit "
+                                         "threshold whose risk is certified (calibration.json)")
+    c.add_argument("source", help="a finished run directory")
+    c.add_argument("--epsilon", type=float, default=0.02, help="risk level (default 0.02)")
+    c.add_argument("--delta", type=float, default=0.1,
+                   help="ltt/ucb: the guarantee fails with probability at most delta")
+    c.add_argument("--risk", choices=("drop", "disagreement"), default="drop",
+                   help="drop: accuracy lost against the final exit; disagreement: the early "
+                        "prediction differs from the final one")
+    c.add_argument("--method", choices=("ltt", "ucb", "crc"), default="ltt",
+                   help="ltt: Learn-then-Test; ucb: upper confidence bounds (both P(risk <= "
+                        "epsilon) >= 1 - delta); crc: conformal risk control (E[risk] <= "
+                        "epsilon)")
+    budget = c.add_mutually_exclusive_group()
+    budget.add_argument("--max-macs", type=float, default=None,
+                        help="budget mode: mean MACs per image; reports the certified bound")
+    budget.add_argument("--max-ms", type=float, default=None,
+                        help="budget mode: mean milliseconds per image (needs latency.csv)")
+    c.add_argument("--latency", default=None, help="default: SOURCE/latency.csv if present")
+    c.add_argument("--fit-fraction", type=float, default=0.3,
+                   help="share of the validation split that fits the temperatures; the rest "
+                        "certifies (default 0.3)")
+    c.add_argument("--seed", type=int, default=0, help="seed of that split")
+    c.set_defaults(func=C.cmd_calibrate)
 
 
 def build_parser():

@@ -142,6 +142,36 @@ def cmd_budget(args):
     return 0
 
 
+def cmd_calibrate(args):
+    """Temperatures per exit and a certified threshold for a finished run."""
+    from elastic_keras.inference.calibration import CALIBRATION_JSON
+    from elastic_keras.report.reliability import write_reliability
+    from elastic_keras.runs.calibrate import CALIBRATION_CSV, RELIABILITY_PNG, calibrate_run
+    from elastic_keras.runs.rundir import open_run
+
+    run = open_run(args.source)
+    out = calibrate_run(run, epsilon=args.epsilon, delta=args.delta, risk=args.risk,
+                        method=args.method, max_macs=args.max_macs, max_ms=args.max_ms,
+                        seed=args.seed, fit_fraction=args.fit_fraction, latency=args.latency)
+    name = os.path.basename(os.path.normpath(run.dir))
+    write_reliability(run.output(RELIABILITY_PNG), out["reliability"],
+                      f"{name}: reliability per exit (calibration part of validation)")
+    temps = ", ".join(f"{t:.2f}" for t in out["temperatures"])
+    thr = out["threshold"]
+    print(f"temperatures (exit_1 .. final): {temps}")
+    print(f"threshold: {'none (final exit only)' if thr is None else f'{thr:.6g}'} "
+          f"(max softmax after temperature scaling)")
+    print(f"certificate: {out['certificate']['text']}")
+    saved = f"MACs saved on the calibration split: {100 * out['macs']['saved_fraction']:.1f}% " \
+            f"({out['macs']['mean']:.4g} per image against {out['macs']['final']:.4g})"
+    if out["ms"]:
+        saved += f"; {out['ms']['mean']:.3g} ms per image against {out['ms']['final']:.3g}"
+    print(saved)
+    print(f"wrote {run.output(CALIBRATION_JSON)}, {run.output(CALIBRATION_CSV)}, "
+          f"{run.output(RELIABILITY_PNG)}")
+    return 0
+
+
 def cmd_plot(args):
     """Loss and accuracy of every exit of a run, as a PNG."""
     from elastic_keras.report.plots import plot_run

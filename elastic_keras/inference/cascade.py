@@ -12,18 +12,21 @@ from dataclasses import dataclass, field
 
 import keras
 import numpy as np
+from keras import ops
 
-from elastic_keras.model.costs import cost_of
 from elastic_keras.errors import ElasticKerasError
-from elastic_keras.model.exits import head_tap
+from elastic_keras.inference.calibration import calibrated, check_temperatures
 from elastic_keras.inference.predictors import (
     check_criterion,
     confidence,
     leaves,
     leaving,
     load,
+    scaled,
     single_input,
 )
+from elastic_keras.model.costs import cost_of
+from elastic_keras.model.exits import head_tap
 
 
 def path_macs(model, convention="full"):
@@ -99,13 +102,22 @@ class Cascade:
     entropy in nats <= threshold). MACs are counted with `costs.cost_of` (`convention`).
     graph: True runs one traced TensorFlow graph (the default under TensorFlow); False
     runs segment by segment (the path under JAX and PyTorch).
+    temperatures: one per output; each exit's softmax p becomes softmax(log(p) / T) before
+    its confidence is tested and in what is returned. calibration: a calibration.json (its
+    path, the run directory holding it, or its content) written by `calibrate`: its
+    temperatures and, unless `threshold` is given, its certified threshold (FIDELITY.md I21).
+    Without either, threshold 0.5 and no scaling.
     """
 
-    def __init__(self, model, criterion: str = "max_prob", threshold: float = 0.5,
-                 convention: str = "full", graph: bool | None = None):
+    def __init__(self, model, criterion: str = "max_prob", threshold: float | None = None,
+                 convention: str = "full", graph: bool | None = None,
+                 temperatures=None, calibration=None):
         model = load(model)
         self.model, self.criterion = model, check_criterion(criterion)
-        self.threshold = check_threshold(threshold)
+        self.calibration, threshold, temperatures = calibrated(calibration, criterion,
+                                                               threshold, temperatures)
+        self.threshold = check_threshold(0.5 if threshold is None else threshold)
+        self.temperatures = check_temperatures(temperatures, len(model.outputs))
         self.output_names = list(model.output_names)
         self.convention = convention
         self.path_macs = path_macs(model, convention)
@@ -157,9 +169,11 @@ class Cascade:
             entered.append(len(index))
             out = _predict_padded(seg, feats)
             if k == len(self.segments) - 1:
-                probs_out[index], exits[index] = out[0], k + 1
+                final = ops.convert_to_numpy(scaled(out[0], self.temperatures[k]))
+                probs_out[index], exits[index] = final, k + 1
                 break
             feats, probs = out
+            probs = np.asarray(ops.convert_to_numpy(scaled(probs, self.temperatures[k])))
             out_now = leaving(probs, self.criterion, thr)
             probs_out[index[out_now]], exits[index[out_now]] = probs[out_now], k + 1
             if out_now.all():
@@ -183,6 +197,7 @@ def _tf_graph(cascade):
     import tensorflow as tf
 
     segments, criterion, num = cascade.segments, cascade.criterion, len(cascade.segments)
+    temps = cascade.temperatures
     inp = single_input(cascade.model)
 
     def record(acc, index, k, probs, size):
@@ -195,8 +210,10 @@ def _tf_graph(cascade):
     def from_segment(k, feats, index, acc, threshold):
         size = tf.shape(index)[0]
         if k == num - 1:  # the final exit takes whoever is left
-            return record(acc, index, k, segments[k](feats, training=False), size)
+            return record(acc, index, k, scaled(segments[k](feats, training=False), temps[k]),
+                          size)
         feats, probs = segments[k](feats, training=False)
+        probs = scaled(probs, temps[k])
         out = leaves(confidence(probs, criterion), criterion, threshold)
         acc = record(acc, tf.boolean_mask(index, out), k, tf.boolean_mask(probs, out), size)
         keep = tf.logical_not(out)

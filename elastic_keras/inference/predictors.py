@@ -101,29 +101,42 @@ def confidence(probs, criterion):
     return -ops.sum(ops.where(positive, p * logs, ops.zeros_like(p)), axis=1)
 
 
+def scaled(probs, temperature=1.0):
+    """Temperature scaling of softmax rows, softmax(log(p) / T), in keras.ops; T = 1 returns
+    the rows untouched (FIDELITY.md I21)."""
+    if temperature is None or float(temperature) == 1.0:
+        return probs
+    p = ops.cast(probs, "float32")
+    logs = ops.log(ops.maximum(p, 1e-30))  # a softmax underflowing to 0 stays the least likely
+    return ops.softmax(logs / float(temperature), axis=-1)
+
+
 def leaves(conf, criterion, threshold):
     """Which samples leave: max_prob >= threshold, or entropy <= threshold (float32)."""
     threshold = ops.cast(threshold, "float32")
     return conf >= threshold if check_criterion(criterion) == "max_prob" else conf <= threshold
 
 
-def leaving(probs, criterion, threshold):
-    """The exit rule on one exit's softmax rows: a boolean per sample (NumPy)."""
-    return np.asarray(ops.convert_to_numpy(leaves(confidence(probs, criterion), criterion,
-                                                  threshold)), dtype=bool)
+def leaving(probs, criterion, threshold, temperature=1.0):
+    """The exit rule on one exit's softmax rows (scaled by `temperature`): a boolean per
+    sample (NumPy)."""
+    conf = confidence(scaled(probs, temperature), criterion)
+    return np.asarray(ops.convert_to_numpy(leaves(conf, criterion, threshold)), dtype=bool)
 
 
-def route(probs_per_exit, criterion, threshold):
+def route(probs_per_exit, criterion, threshold, temperatures=None):
     """0-based exit taken by each sample, given every exit's softmax (the cascade's rule).
 
     A sample leaves at the first exit whose confidence passes the threshold; the final
     exit takes whoever is left. Used to evaluate many thresholds from one pass of the data.
+    temperatures: one per output (calibration.json), or None for none.
     """
     n = len(probs_per_exit[0])
     taken = np.full(n, len(probs_per_exit) - 1)
     open_ = np.ones(n, dtype=bool)
     for k, probs in enumerate(probs_per_exit[:-1]):
-        out = open_ & leaving(probs, criterion, threshold)
+        t = 1.0 if temperatures is None else temperatures[k]
+        out = open_ & leaving(probs, criterion, threshold, t)
         taken[out] = k
         open_ &= ~out
     return taken

@@ -6,19 +6,22 @@ import numpy as np
 
 from elastic_keras.inference.cascade import path_macs
 from elastic_keras.errors import ElasticKerasError
+from elastic_keras.inference.calibration import calibrated_threshold, check_temperatures
 from elastic_keras.inference.predictors import (
     check_criterion,
     confidence,
     exit_probabilities,
     load,
     route,
+    scaled,
 )
 
 
 
 BUDGET_COLUMNS = ("kind", "criterion", "threshold", "quantile", "exit", "test_accuracy",
                   "test_macs", "macs_fraction", "val_accuracy", "val_macs", "exit_fractions",
-                  "n_test")
+                  "n_test", "certificate")
+CERTIFIED = "certified"  # the kind of the row of calibrate's threshold
 
 
 def _labels(y):
@@ -57,7 +60,7 @@ def thresholds_from_validation(val_probs, criterion, n_thresholds):
 
 
 def budget_sweep(model, x_val, y_val, x_test, y_test, criterion="max_prob", n_thresholds=21,
-                 batch_size=256, convention="full"):
+                 batch_size=256, convention="full", calibration=None):
     """Test accuracy against average MACs per image of cascades and of each exit alone.
 
     Budgeted batch classification (elastic inference): thresholds are chosen on the
@@ -67,18 +70,17 @@ def budget_sweep(model, x_val, y_val, x_test, y_test, criterion="max_prob", n_th
     of an image is `path_macs` of its exit (backbone to the tap plus every head passed).
     Fixed-exit rows are the truncated predictors: test accuracy of exit k alone and its
     own MACs (ExitInfo.macs). Returns a list of dicts (columns BUDGET_COLUMNS).
-    The replay from one pass is FIDELITY.md I5.
+    The replay from one pass is FIDELITY.md I5. calibration: calibration.json's content; its
+    temperatures scale every exit's softmax (as a Cascade given it does) and its certified
+    threshold is one more row, kind "certified" (FIDELITY.md I21).
     """
     from elastic_keras.model.exits import exit_info
 
     model = load(model)
     check_criterion(criterion)
-    for what, x, y in (("validation", x_val, y_val), ("test", x_test, y_test)):
-        if len(x) == 0 or len(x) != len(_labels(y)):
-            raise ElasticKerasError(f"{what} set: {len(x)} images and {len(_labels(y))} labels")
-    y_val, y_test = _labels(y_val), _labels(y_test)
-    val = exit_probabilities(model, x_val, batch_size)
-    test = exit_probabilities(model, x_test, batch_size)
+    y_val, y_test = _checked("validation", x_val, y_val), _checked("test", x_test, y_test)
+    val = _scaled(exit_probabilities(model, x_val, batch_size), calibration)
+    test = _scaled(exit_probabilities(model, x_test, batch_size), calibration)
     costs = np.asarray(path_macs(model, convention), dtype=np.float64)
     infos = exit_info(model, convention)
     final_macs = infos[-1].macs
@@ -88,11 +90,14 @@ def budget_sweep(model, x_val, y_val, x_test, y_test, criterion="max_prob", n_th
     val_pred = np.stack([p.argmax(axis=1) for p in val])
     test_pred = np.stack([p.argmax(axis=1) for p in test])
     rows = []
-    for thr, q in thresholds_from_validation(val, criterion, n_thresholds):
+    for thr, q in _thresholds(val, criterion, n_thresholds, calibration):
         val_acc, val_macs, _ = _outcome(val_pred, y_val, route(val, criterion, thr), costs)
         acc, macs, frac = _outcome(test_pred, y_test, route(test, criterion, thr), costs)
-        rows.append(dict(kind="cascade", criterion=criterion, threshold=thr, quantile=q,
-                         exit="", test_accuracy=acc, test_macs=macs,
+        mark = q == CERTIFIED  # calibrate's threshold, with what it certifies
+        rows.append(dict(kind=CERTIFIED if mark else "cascade", criterion=criterion,
+                         threshold=thr, quantile=None if mark else q, exit="",
+                         certificate=calibration["certificate"]["text"] if mark else None,
+                         test_accuracy=acc, test_macs=macs,
                          macs_fraction=macs / final_macs, val_accuracy=val_acc,
                          val_macs=val_macs,
                          exit_fractions=" ".join(f"{f:.4f}" for f in frac),
@@ -105,6 +110,31 @@ def budget_sweep(model, x_val, y_val, x_test, y_test, criterion="max_prob", n_th
                          val_accuracy=float((val_pred[k] == y_val).mean()),
                          val_macs=float(info.macs), exit_fractions="", n_test=len(y_test)))
     return rows
+
+
+def _checked(what, x, y):
+    """The labels of a set as integers, after checking there is one per image."""
+    if len(x) == 0 or len(x) != len(_labels(y)):
+        raise ElasticKerasError(f"{what} set: {len(x)} images and {len(_labels(y))} labels")
+    return _labels(y)
+
+
+def _thresholds(val, criterion, n_thresholds, calibration):
+    """The sweep's thresholds, and calibrate's certified one (quantile CERTIFIED) if any."""
+    picked = thresholds_from_validation(val, criterion, n_thresholds)
+    if calibration is not None and criterion == calibration.get("criterion", "max_prob"):
+        picked.append((calibrated_threshold(calibration), CERTIFIED))
+    return picked
+
+
+def _scaled(probs_per_exit, calibration):
+    """Every exit's softmax scaled by calibration.json's temperatures, as the cascade does."""
+    from keras import ops
+
+    if calibration is None:
+        return probs_per_exit
+    temps = check_temperatures(calibration["temperatures"], len(probs_per_exit))
+    return [np.asarray(ops.convert_to_numpy(scaled(p, t))) for p, t in zip(probs_per_exit, temps)]
 
 
 def _outcome(pred, y, taken, costs):

@@ -7,7 +7,8 @@ from typing import Any
 
 from elastic_keras import files
 from elastic_keras.errors import ElasticKerasError
-from elastic_keras.inference.thresholds import BUDGET_COLUMNS, budget_sweep
+from elastic_keras.inference.calibration import read_calibration
+from elastic_keras.inference.thresholds import BUDGET_COLUMNS, CERTIFIED, budget_sweep
 from elastic_keras.report.plots import new_figure, save_figure
 from elastic_keras.runs.rundir import RunDir, find_runs, open_run
 from elastic_keras.training.state import EVALUATED
@@ -47,6 +48,9 @@ def budget_figure(rows, title):
                         (r["test_macs"] / scale, 100 * r["test_accuracy"]),
                         xytext=(3, 3), textcoords="offset points", fontsize="x-small",
                         color="C3")
+    for r in (r for r in rows if r["kind"] == CERTIFIED):  # calibrate's threshold
+        ax.plot(r["test_macs"] / scale, 100 * r["test_accuracy"], "*", ms=13, color="C2",
+                label=f"certified threshold {r['threshold']:.3g} (calibration.json)")
     ax.set_xlabel(f"MACs per image ({unit}MACs)" if unit else "MACs per image")
     ax.set_ylabel("test accuracy (%)")
     ax.set_title(title, fontsize="medium")
@@ -69,7 +73,7 @@ def budget_run(run: RunDir, criterion: str = "max_prob", n_thresholds: int = 21,
     rows = budget_sweep(run.model(), data.x_val, data.y_val, data.x_test, data.y_test,
                         criterion=criterion, n_thresholds=n_thresholds,
                         batch_size=batch_size or cfg["train"]["eval_batch_size"],
-                        convention=convention)
+                        convention=convention, calibration=read_calibration(run.dir))
     name = cfg["name"]
     title = (f"{name} ({cfg['profile']} profile, {cfg['data']['dataset']} data): elastic "
              f"inference, {criterion}")
@@ -88,6 +92,10 @@ def budget_run(run: RunDir, criterion: str = "max_prob", n_thresholds: int = 21,
                "no cascade reaches the final exit's validation accuracy")
     log(f"[{name}] wrote {csv_path}, {png_path}; final exit: test "
         f"{100 * final['test_accuracy']:.2f}%; {summary}")
+    for r in (r for r in rows if r["kind"] == CERTIFIED):
+        log(f"[{name}] certified threshold {r['threshold']:.4g} (calibration.json): test "
+            f"{100 * r['test_accuracy']:.2f}% at {r['macs_fraction']:.2f} x the final exit's "
+            f"MACs; {r['certificate']}")
     return rows
 
 
