@@ -69,11 +69,10 @@ def budget_sweep(model, x_val, y_val, x_test, y_test, criterion="max_prob", n_th
     replayed for each threshold, which gives exactly the exits a Cascade takes; the cost
     of an image is `path_macs` of its exit (backbone to the tap plus every head passed).
     Fixed-exit rows are the truncated predictors: test accuracy of exit k alone and its
-    own MACs (ExitInfo.macs). Returns a list of dicts (columns BUDGET_COLUMNS).
-    The replay from one pass is FIDELITY.md I5. calibration: calibration.json's content; its
-    temperatures scale every exit's softmax (as a Cascade given it does) and its certified
-    threshold is one more row, kind "certified" (FIDELITY.md I21).
-    """
+    own MACs (ExitInfo.macs). Returns a list of dicts (columns BUDGET_COLUMNS). The replay
+    from one pass is FIDELITY.md I5. calibration: calibration.json's content; its temperatures
+    scale every exit's softmax (as a Cascade given it does), its threshold is one more row,
+    kind "certified" (FIDELITY.md I21)."""
     from elastic_keras.model.exits import exit_info
 
     model = load(model)
