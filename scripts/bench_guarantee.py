@@ -113,10 +113,10 @@ def summarize(name, risk, saved, eps):
 
 def train_demo(root):
     """Train the demo run (digits, demo profile) under `root`; returns its directory."""
+    run = os.path.join(root, "digits-mobilenet-elastic")
     subprocess.run([sys.executable, "-m", "elastic_keras", "train", "cifar10-mobilenet-elastic",
-                    "--profile", "demo", "--set", "data.dataset=digits", "--runs-root", root],
+                    "--profile", "demo", "--set", "data.dataset=digits", "--run-dir", run],
                    check=True)
-    run = os.path.join(root, "demo", "digits", "digits-mobilenet-elastic")
     subprocess.run([sys.executable, "-m", "elastic_keras", "calibrate", run], check=True)
     return run
 

@@ -176,9 +176,9 @@ def test_calibrate_a_smoke_run_then_cascade_uses_it(tmp_path):
     r = _cli("train", "cifar10-mobilenet-elastic", "--profile", "smoke", "--set",
              "data.dataset=synthetic", "--set", "data.train_limit=100", "--set",
              "data.test_limit=10", "--set", "model.alpha=0.25", "--set",
-             "phases.full.epochs=1", "--runs-root", str(tmp_path))
+             "phases.full.epochs=1", "--run-dir", str(tmp_path / "run"))
     assert r.returncode == 0, r.stderr
-    run_dir = tmp_path / "smoke" / "synthetic" / "synthetic-mobilenet-elastic"
+    run_dir = tmp_path / "run"
     r = _cli("calibrate", str(run_dir), "--epsilon", "0.5", "--max-macs", "6e5")
     assert r.returncode == 0, r.stderr
     assert "threshold: " in r.stdout and "MACs saved on the calibration split" in r.stdout
