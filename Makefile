@@ -17,6 +17,7 @@ EXTRAS  := $(EXTRA_$(BACKEND)_$(GPU))
 STAMP   := $(VENV)/.installed-$(BACKEND)-$(GPU)
 DEV     := $(VENV)/.installed-dev
 RAY     := $(VENV)/.installed-ray
+EXPORT  := $(VENV)/.installed-export
 export KERAS_BACKEND := $(BACKEND)
 
 # PROFILE: paper (default), smoke or demo. PROTOCOL: paper (default) or authors (what the
@@ -37,7 +38,7 @@ ALLOW_CPU ?=
 
 export TF_CPP_MIN_LOG_LEVEL ?= 3
 
-.PHONY: install install-ray test test-all demo reproduce-table1 reproduce-table2 tables \
+.PHONY: install install-ray install-export test test-all demo reproduce-table1 reproduce-table2 tables \
         figure3 budget reproduce-bai-table2 bench clean
 
 REPRO_ARGS = --profile $(or $(PROFILE),paper) $(if $(PROTOCOL),--protocol $(PROTOCOL)) \
@@ -135,3 +136,10 @@ install-ray: $(RAY)
 $(RAY): $(STAMP)
 	$(PY) -m pip install --quiet -e ".[ray]"
 	touch $(RAY)
+
+# LiteRT, tf2onnx/onnx and onnxruntime, for `export --format litert|onnx`, `latency`, `predict`
+# (an optional extra; SavedModel export needs only TensorFlow).
+install-export: $(EXPORT)
+$(EXPORT): $(STAMP)
+	$(PY) -m pip install --quiet -e ".[export]"
+	touch $(EXPORT)

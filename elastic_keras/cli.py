@@ -117,6 +117,10 @@ def _report(sub):
     g.add_argument("--batch-size", type=int, default=None,
                    help="default: the run's train.eval_batch_size")
     g.add_argument("--macs-convention", choices=CONVENTIONS, default="full")
+    g.add_argument("--cost", choices=("macs", "latency"), default="macs",
+                   help="x-axis: MACs, or measured ms per image from latency.csv")
+    g.add_argument("--latency", default=None,
+                   help="latency.csv to use (default: the one in RUN/export-*/)")
     g.set_defaults(func=C.cmd_budget)
     _calibrate(sub)
     p = sub.add_parser("plot", help="loss and accuracy of every exit of a run, as a PNG")
@@ -152,10 +156,38 @@ def _calibrate(sub):
     c.set_defaults(func=C.cmd_calibrate)
 
 
+def _serve(sub):
+    formats = ("saved_model", "litert", "onnx")
+    x = sub.add_parser("export", help="the cascade that exits early per image, one predictor "
+                                      "per exit and manifest.json, for a runtime")
+    x.add_argument("source", help="a run directory (its best checkpoint) or a .keras file")
+    x.add_argument("--format", choices=formats, default="saved_model")
+    x.add_argument("--out", default=None, help="default: RUN/export-FORMAT")
+    x.set_defaults(func=C.cmd_export)
+    lat = sub.add_parser("latency", help="p50/p95 latency of every exit's path and predictor "
+                                         "in an export's runtime: latency.csv")
+    lat.add_argument("source", help="an export folder, or a run/.keras (exported first)")
+    lat.add_argument("--format", choices=formats, default=None,
+                     help="default: the export's own; saved_model for a run")
+    lat.add_argument("--batch", default="1,32", help="comma-separated batch sizes")
+    lat.add_argument("--repeats", type=int, default=20)
+    lat.set_defaults(func=C.cmd_latency)
+    p = sub.add_parser("predict", help="classify PNG/JPEG files or folders through an export "
+                                       "or a run")
+    p.add_argument("source", help="an export folder, a run directory or a .keras file")
+    p.add_argument("images", nargs="+")
+    p.add_argument("--threshold", type=float, default=None,
+                   help="default: the threshold the run's calibration or budget chose")
+    p.add_argument("--runtime", choices=formats, default=None, dest="runtime",
+                   help="export a run first and predict in this runtime")
+    p.add_argument("--format", choices=("text", "json"), default="text")
+    p.set_defaults(func=C.cmd_predict)
+
+
 def build_parser():
     p = argparse.ArgumentParser(prog="python -m elastic_keras", description=__doc__.split("\n")[0])
     sub = p.add_subparsers(dest="command", required=True)
-    for add in (_describe, _train, _reproduce, _report):
+    for add in (_describe, _train, _reproduce, _report, _serve):
         add(sub)
     return p
 

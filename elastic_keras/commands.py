@@ -3,6 +3,9 @@
 import json
 import os
 
+from elastic_keras.errors import ElasticKerasError
+
+
 def cmd_describe(args):
     """Per-output table of a registered model: layer, conv layers, params, MACs."""
     from elastic_keras.model.factory import build_model
@@ -138,7 +141,8 @@ def cmd_budget(args):
     from elastic_keras.report.budget import budget_path
 
     budget_path(args.path, criterion=args.criterion, n_thresholds=args.n_thresholds,
-                batch_size=args.batch_size, convention=args.macs_convention, out_dir=args.out)
+                batch_size=args.batch_size, convention=args.macs_convention, out_dir=args.out,
+                cost=args.cost, latency=args.latency)
     return 0
 
 
@@ -179,3 +183,57 @@ def cmd_plot(args):
 
     print(f"wrote {plot_run(open_run(args.run_dir), args.out)}")
     return 0
+
+
+def cmd_export(args):
+    """Export a run or .keras file: cascade, one predictor per exit, manifest.json."""
+    from elastic_keras.runs.serve import export_source
+
+    export_source(args.source, args.format, args.out)
+    return 0
+
+
+def cmd_latency(args):
+    """Measure an export's latency per exit path and per predictor; write latency.csv."""
+    from elastic_keras.inference.latency import measure, write_latency
+    from elastic_keras.runs.serve import open_export
+
+    try:
+        batches = [int(b) for b in args.batch.split(",")]
+    except ValueError:
+        batches = []
+    if not batches or min(batches) < 1 or args.repeats < 1:
+        raise ElasticKerasError(f"--batch must be positive integers like 1,32 and --repeats "
+                                f"positive, got {args.batch!r} and {args.repeats}")
+    exported = open_export(args.source, args.format)
+    rows = measure(exported, batches, args.repeats)
+    for r in rows:
+        ms = f"p50 {r['p50_ms']:.2f} ms, p95 {r['p95_ms']:.2f} ms" if r.get("p50_ms") else \
+            r.get("note")
+        print(f"{r['kind']:<12} {r['exit']:<8} batch {r['batch']:>3}: {ms}")
+    print(f"wrote {write_latency(exported, rows)} ({exported.format} on {rows[0]['device']})")
+    return 0
+
+
+def cmd_predict(args):
+    """Classify image files through an export or a run; non-zero exit if a file was bad."""
+    from elastic_keras.inference.images import as_json, classify, line
+    from elastic_keras.runs.serve import cascade_runner
+
+    run, shape, meta = cascade_runner(args.source, args.runtime)
+    threshold = args.threshold if args.threshold is not None else meta["threshold"]
+    chosen = ("from --threshold" if args.threshold is not None else
+              "chosen by the source's calibration or budget")
+    if threshold is None:  # no early exit without a chosen threshold (FIDELITY.md I25)
+        threshold = 2.0 if meta["criterion"] == "max_prob" else -1.0
+        chosen = ("none was chosen (no budget or calibration), so every image goes to the "
+                  "final exit")
+    results, errors, note = classify(run, args.images, shape, threshold, meta["class_names"],
+                                     meta["output_names"])
+    if args.format == "json":
+        print(as_json(results, errors, note, threshold))
+    else:
+        print(f"threshold {threshold:g}, {chosen}; criterion {meta['criterion']}")
+        for text in ([note] if note else []) + [line(r) for r in results] + errors:
+            print(text)
+    return 1 if errors else 0

@@ -61,9 +61,9 @@ def device():
     return ", ".join(found) if found else f"CPU ({os.cpu_count()} cores, no accelerator)"
 
 
-def versions():
-    """Versions of the libraries a result depends on."""
-    names = ("elastic-keras", "keras", *_LIBRARIES.get(backend(), ()), "numpy")
+def versions(extra=()):
+    """Versions of the libraries a result depends on (and of the packages `extra`)."""
+    names = ("elastic-keras", "keras", *_LIBRARIES.get(backend(), ()), "numpy", *extra)
     found = {}
     for name in names:
         try:

@@ -190,15 +190,14 @@ def _predict_padded(segment, x):
     return [np.asarray(o)[:n] for o in (out if isinstance(out, (list, tuple)) else [out])]
 
 
-def _tf_graph(cascade):
-    """The cascade as one tf.function: segment, exit test (the rule of predictors.py),
-    gather survivors; stop when none are left. Returns a callable (x, threshold) ->
-    (softmax of the exit taken, exit taken 1-based, images that entered each segment)."""
+def cascade_graph(segments, criterion, classes, temperatures):
+    """The cascade as TensorFlow ops: segment, temperature scaling, exit test (predictors.py),
+    gather survivors; stop when none are left. A function (x, threshold) -> (softmax of the
+    exit taken, exit taken 1-based, images that entered each segment), traced here and in
+    inference/export.py. segments: feats -> [tap, softmax] (the last: feats -> softmax)."""
     import tensorflow as tf
 
-    segments, criterion, num = cascade.segments, cascade.criterion, len(cascade.segments)
-    temps = cascade.temperatures
-    inp = single_input(cascade.model)
+    num, temps = len(segments), temperatures
 
     def record(acc, index, k, probs, size):
         probs_acc, exits_acc, entered = acc
@@ -227,10 +226,20 @@ def _tf_graph(cascade):
 
     def graph(x, threshold):
         n = tf.shape(x)[0]
-        acc = (tf.zeros((n, cascade._classes), tf.float32), tf.zeros((n,), tf.int32),
+        acc = (tf.zeros((n, classes), tf.float32), tf.zeros((n,), tf.int32),
                tf.zeros((num,), tf.int32))
         return from_segment(0, x, tf.range(n), acc, threshold)
 
+    return graph
+
+
+def _tf_graph(cascade):
+    """The cascade as one tf.function (cascade_graph): a callable (x, threshold) -> NumPy."""
+    import tensorflow as tf
+
+    inp = single_input(cascade.model)
+    graph = cascade_graph(cascade.segments, cascade.criterion, cascade._classes,
+                          cascade.temperatures)
     spec = tf.TensorSpec((None,) + tuple(inp.shape[1:]), inp.dtype)
     fn = tf.function(graph, input_signature=[spec, tf.TensorSpec((), tf.float32)])
 

@@ -16,42 +16,47 @@ from elastic_keras.training.state import EVALUATED
 BUDGET_CSV, BUDGET_PNG = "budget.csv", "budget.png"
 
 
-def write_budget(csv_path: str, png_path: str, rows: list[dict[str, Any]], title: str) -> None:
-    """Write the budget rows as CSV and their accuracy-vs-MACs figure as PNG, atomically."""
+def write_budget(csv_path: str, png_path: str, rows: list[dict[str, Any]], title: str,
+                 cost: str = "macs") -> None:
+    """Write the budget rows as CSV and their accuracy-vs-MACs figure (vs measured ms with
+    cost="latency") as PNG, atomically."""
     if not rows:
         raise ElasticKerasError("write_budget got no rows")
     columns = list(BUDGET_COLUMNS) + [c for c in rows[0] if c not in BUDGET_COLUMNS]
     files.write_csv(csv_path, columns, rows)
-    save_figure(budget_figure(rows, title), png_path)
+    save_figure(budget_figure(rows, title, cost), png_path)
 
 
-def budget_figure(rows, title):
-    """Test accuracy against MACs per image: the cascade's curve and each exit alone."""
-    cascade = sorted((r for r in rows if r["kind"] == "cascade"), key=lambda r: r["test_macs"])
+def budget_figure(rows, title, cost="macs"):
+    """Test accuracy against MACs (or measured ms, cost="latency") per image: the cascade's
+    curve and each exit alone."""
+    key = "test_ms" if cost == "latency" else "test_macs"
+    cascade = sorted((r for r in rows if r["kind"] == "cascade"), key=lambda r: r[key])
     exits = [r for r in rows if r["kind"] == "exit"]
-    top = max(r["test_macs"] for r in rows)
+    top = max(r[key] for r in rows)
     scale, unit = next((s, u) for s, u in ((1e9, "G"), (1e6, "M"), (1e3, "k"), (1.0, ""))
-                       if top >= s or s == 1.0)
+                       if top >= s or s == 1.0) if key == "test_macs" else (1.0, "ms")
     fig = new_figure(figsize=(6.4, 4.4))
     ax = fig.add_subplot(1, 1, 1)
     if cascade:
         crit = cascade[0]["criterion"]
-        ax.plot([r["test_macs"] / scale for r in cascade],
+        ax.plot([r[key] / scale for r in cascade],
                 [100 * r["test_accuracy"] for r in cascade], "-o", ms=3, lw=1.5,
                 label=f"cascade ({crit}; thresholds from validation)")
     if exits:
-        ax.plot([r["test_macs"] / scale for r in exits],
+        ax.plot([r[key] / scale for r in exits],
                 [100 * r["test_accuracy"] for r in exits], "s", ms=6, mfc="none", mew=1.5,
                 color="C3", label="each exit alone")
         for k, r in enumerate(exits, 1):
             ax.annotate(str(k) if r["exit"] != "final" else "final",
-                        (r["test_macs"] / scale, 100 * r["test_accuracy"]),
+                        (r[key] / scale, 100 * r["test_accuracy"]),
                         xytext=(3, 3), textcoords="offset points", fontsize="x-small",
                         color="C3")
     for r in (r for r in rows if r["kind"] == CERTIFIED):  # calibrate's threshold
-        ax.plot(r["test_macs"] / scale, 100 * r["test_accuracy"], "*", ms=13, color="C2",
+        ax.plot(r[key] / scale, 100 * r["test_accuracy"], "*", ms=13, color="C2",
                 label=f"certified threshold {r['threshold']:.3g} (calibration.json)")
-    ax.set_xlabel(f"MACs per image ({unit}MACs)" if unit else "MACs per image")
+    ax.set_xlabel("measured ms per image (latency.csv)" if unit == "ms" else
+                  f"MACs per image ({unit}MACs)" if unit else "MACs per image")
     ax.set_ylabel("test accuracy (%)")
     ax.set_title(title, fontsize="medium")
     ax.grid(True, alpha=0.3)
@@ -62,9 +67,11 @@ def budget_figure(rows, title):
 
 def budget_run(run: RunDir, criterion: str = "max_prob", n_thresholds: int = 21,
                batch_size: int | None = None, convention: str = "full",
-               out_dir: str | None = None, log=print) -> list[dict[str, Any]]:
+               out_dir: str | None = None, log=print, cost: str = "macs",
+               latency: str | None = None) -> list[dict[str, Any]]:
     """budget.csv and budget.png of a finished run (its best checkpoint, its own splits),
-    written into the run directory (or `out_dir`)."""
+    written into the run directory (or `out_dir`). cost="latency": the x-axis in measured
+    ms per image from `latency` (a latency.csv; default: the one in RUN/export-*/)."""
     from elastic_keras.data.splits import load_data
 
     run.require(EVALUATED, "budget it (train and evaluate it first)")
@@ -74,12 +81,16 @@ def budget_run(run: RunDir, criterion: str = "max_prob", n_thresholds: int = 21,
                         criterion=criterion, n_thresholds=n_thresholds,
                         batch_size=batch_size or cfg["train"]["eval_batch_size"],
                         convention=convention, calibration=read_calibration(run.dir))
+    if cost == "latency":
+        from elastic_keras.inference.latency import add_latency, find_latency, read_path_costs
+
+        add_latency(rows, read_path_costs(latency or find_latency(run.dir)))
     name = cfg["name"]
     title = (f"{name} ({cfg['profile']} profile, {cfg['data']['dataset']} data): elastic "
              f"inference, {criterion}")
     csv_path, png_path = ((os.path.join(out_dir, BUDGET_CSV), os.path.join(out_dir, BUDGET_PNG))
                           if out_dir else (run.output(BUDGET_CSV), run.output(BUDGET_PNG)))
-    write_budget(csv_path, png_path, rows, title)
+    write_budget(csv_path, png_path, rows, title, cost)
     # One operating point for the log, picked on validation: the cheapest threshold whose
     # validation accuracy reaches the final exit's.
     final = next(r for r in rows if r["kind"] == "exit" and r["exit"] == "final")

@@ -1,0 +1,212 @@
+"""Export an elastic model: a cascade exiting early per image, a predictor per exit, a manifest."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+
+from elastic_keras import files
+from elastic_keras.errors import ElasticKerasError
+
+FORMATS = ("saved_model", "litert", "onnx")
+MANIFEST = "manifest.json"
+EXTENSION = {"saved_model": "", "litert": ".tflite", "onnx": ".onnx"}
+OPSET = 17  # ONNX opset of the exported segments and predictors
+
+
+def check_format(fmt: str) -> str:
+    if fmt not in FORMATS:
+        raise ElasticKerasError(f"unknown export format {fmt!r}; valid: {', '.join(FORMATS)}")
+    return fmt
+
+
+def require_tensorflow(doing: str = "export") -> None:
+    """Exported graphs are traced TensorFlow functions: other backends get one line."""
+    import keras
+
+    if keras.backend.backend() != "tensorflow":
+        raise ElasticKerasError(
+            f"{doing} needs the TensorFlow backend (KERAS_BACKEND=tensorflow); this process "
+            f"runs Keras on {keras.backend.backend()}")
+
+
+def input_spec(model) -> dict:
+    """What the artifacts take: the model's input shape, as uint8 when its first layer is the
+    in-graph Preprocess (raw images as the run's data feeds them), else the input dtype."""
+    from elastic_keras.inference.predictors import single_input
+    from elastic_keras.data.preprocessing import Preprocess
+
+    inp = single_input(model)
+    pre = next((layer for layer in model.layers if isinstance(layer, Preprocess)), None)
+    return {"name": "images", "shape": [None, *[int(d) for d in inp.shape[1:]]],
+            "dtype": "uint8" if pre is not None else str(inp.dtype),
+            "preprocessing": ({"resize_to": pre.size, "resize": "bilinear",
+                               "scale": {"paper": "[0, 1]", "authors": "[-1, 1]"}[pre.mode]}
+                              if pre else None)}
+
+
+def functions(model, criterion: str = "max_prob", temperatures=None) -> dict:
+    """The traced functions to export: "cascade" (images, threshold) -> probabilities,
+    classes, exits; one per output name (images) -> probabilities, classes; "segments":
+    one per segment (features) -> [features,] probabilities, confidence (what the segment
+    driver runs)."""
+    import tensorflow as tf
+
+    from elastic_keras.inference.calibration import check_temperatures
+    from elastic_keras.inference.cascade import Cascade, cascade_graph
+    from elastic_keras.inference.predictors import confidence, scaled, truncated_predictor
+
+    temps = check_temperatures(temperatures, len(model.outputs))  # FIDELITY.md I30
+    cascade = Cascade(model, criterion, graph=False)
+    segs = cascade.segments
+    spec = input_spec(model)
+    images = tf.TensorSpec(spec["shape"], spec["dtype"], name="images")
+    dtype = cascade._dtype
+    graph = cascade_graph(segs, criterion, cascade._classes, temps)
+
+    @tf.function(input_signature=[images, tf.TensorSpec((), tf.float32, name="threshold")])
+    def run_cascade(x, threshold):
+        probs, exits, _ = graph(tf.cast(x, dtype), threshold)
+        return {"probabilities": probs, "classes": tf.argmax(probs, 1, output_type=tf.int32),
+                "exits": exits}
+
+    def predictor(k):
+        pred = truncated_predictor(model, k + 1)
+
+        @tf.function(input_signature=[images])
+        def run(x):
+            probs = scaled(pred(tf.cast(x, dtype), training=False), temps[k])
+            return {"probabilities": probs,
+                    "classes": tf.argmax(probs, 1, output_type=tf.int32)}
+        return pred, run
+
+    def segment(k, seg):
+        shape = images if k == 0 else tf.TensorSpec(
+            (None, *cascade.segments[k].inputs[0].shape[1:]), "float32", name="tap")
+
+        @tf.function(input_signature=[shape])
+        def run(x):
+            out = seg(tf.cast(x, dtype) if k == 0 else x, training=False)
+            feats, probs = (None, out) if k == len(segs) - 1 else out
+            probs = scaled(probs, temps[k])
+            got = {"probabilities": probs, "confidence": confidence(probs, criterion)}
+            return got if feats is None else {**got, "features": feats}
+        return run
+
+    return {"cascade": (cascade, run_cascade), "temperatures": temps,
+            "predictors": {name: predictor(k) for k, name in enumerate(model.output_names)},
+            "segments": [segment(k, s) for k, s in enumerate(segs)]}
+
+
+def _saved_model(owner, fn, path):
+    import tensorflow as tf
+
+    module = tf.Module()
+    module.owner, module.serve = owner, fn  # the owner's variables travel with the function
+    tf.saved_model.save(module, path, signatures={"serving_default": fn.get_concrete_function()})
+
+
+def _litert(owner, fn, path):
+    """LiteRT flatbuffer of `fn` with a named signature: the function is frozen first (the
+    variables read inside the cascade's branches are otherwise left uninitialised), then
+    saved and converted (FIDELITY.md I22)."""
+    import tensorflow as tf
+    from tensorflow.python.framework.convert_to_constants import (
+        convert_variables_to_constants_v2)
+
+    del owner  # frozen: the weights become constants
+    concrete = fn.get_concrete_function()
+    frozen = convert_variables_to_constants_v2(concrete, lower_control_flow=False)
+    keys = sorted(concrete.structured_outputs)  # the frozen outputs' (flattened) order
+    module = tf.Module()
+    module.serve = tf.function(lambda *args: dict(zip(keys, frozen(*args))),
+                               input_signature=fn.input_signature)
+    saved = path + ".saved_model"
+    _saved_model(None, module.serve, saved)
+    try:
+        data = tf.lite.TFLiteConverter.from_saved_model(saved).convert()
+    finally:
+        shutil.rmtree(saved, ignore_errors=True)
+    with open(path, "wb") as f:
+        f.write(data)
+
+
+def _onnx(fn, path):
+    import tf2onnx
+
+    tf2onnx.convert.from_function(fn, input_signature=fn.input_signature, opset=OPSET,
+                                  output_path=path)
+
+
+def _write_segments(fmt, folder, segments):
+    """One model per segment and the driver (LiteRT, ONNX; FIDELITY.md I22)."""
+    os.makedirs(os.path.join(folder, "segments"))
+    rels = []
+    for k, fn in enumerate(segments):
+        rels.append(os.path.join("segments", f"segment_{k + 1}{EXTENSION[fmt]}"))
+        (_onnx if fmt == "onnx" else lambda f, p: _litert(None, f, p))(
+            fn, os.path.join(folder, rels[-1]))
+    shutil.copy(os.path.join(os.path.dirname(__file__), "segment_driver.py"),
+                os.path.join(folder, "cascade_driver.py"))
+    return {"segments": rels, "driver": "cascade_driver.py"}
+
+
+def _write_artifacts(model, fmt, folder, fns):
+    """Write the cascade (LiteRT, ONNX: its segments and their driver) and every predictor into
+    `folder`; returns the manifest's "artifacts" (relative paths)."""
+    ext, (cascade, run_cascade) = EXTENSION[fmt], fns["cascade"]
+    os.makedirs(os.path.join(folder, "exits"))
+    artifacts = {"predictors": {}}
+    if fmt != "saved_model":  # one model per segment plus the loop that drives them
+        artifacts.update(_write_segments(fmt, folder, fns["segments"]))
+    if fmt != "onnx":  # the cascade as one graph (FIDELITY.md I22)
+        artifacts["cascade"] = "cascade" + ext
+        write = _saved_model if fmt == "saved_model" else _litert
+        write(cascade.model, run_cascade, os.path.join(folder, artifacts["cascade"]))
+    for name, (pred, fn) in fns["predictors"].items():
+        rel = os.path.join("exits", name + ext)
+        if fmt == "onnx":
+            _onnx(fn, os.path.join(folder, rel))
+        else:
+            (_saved_model if fmt == "saved_model" else _litert)(pred, fn,
+                                                                os.path.join(folder, rel))
+        artifacts["predictors"][name] = rel
+    return artifacts
+
+
+def export_model(model, fmt: str, out, criterion: str = "max_prob", temperatures=None,
+                 meta: dict | None = None, log=print) -> dict:
+    """Export `model` (an elastic model or a .keras path) in `fmt` into folder `out`.
+
+    Written into a temporary folder beside `out`, then moved into place: a failed export
+    leaves nothing half-written; an existing export in `out` is replaced, any other
+    non-empty folder refused. Returns the manifest (also written as out/manifest.json).
+    """
+    from elastic_keras.inference.manifest import build_manifest
+    from elastic_keras.inference.predictors import check_criterion, load
+
+    check_format(fmt)
+    require_tensorflow()
+    check_criterion(criterion)
+    out = os.path.abspath(os.fspath(out))
+    if os.path.isdir(out) and os.listdir(out) and not os.path.isfile(os.path.join(out, MANIFEST)):
+        raise ElasticKerasError(f"{out} is a non-empty folder that holds no export; choose "
+                                "another --out")
+    model = load(model)
+    fns = functions(model, criterion, temperatures)
+    os.makedirs(os.path.dirname(out), exist_ok=True)
+    tmp = tempfile.mkdtemp(prefix=".tmp-export-", dir=os.path.dirname(out))
+    try:
+        artifacts = _write_artifacts(model, fmt, tmp, fns)
+        manifest = build_manifest(model, fmt, criterion, fns["temperatures"],
+                                  input_spec(model), artifacts, meta or {})
+        files.write_json(os.path.join(tmp, MANIFEST), manifest)
+        if os.path.isdir(out):
+            shutil.rmtree(out)
+        os.replace(tmp, out)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    log(f"exported {model.name} ({fmt}) to {out}: the cascade and {len(model.outputs)} "
+        "truncated predictors")
+    return manifest

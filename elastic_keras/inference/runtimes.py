@@ -1,0 +1,111 @@
+"""Run an export in its own runtime: TensorFlow (SavedModel), LiteRT, onnxruntime."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+
+from elastic_keras import files
+from elastic_keras.errors import ElasticKerasError
+from elastic_keras.inference.export import MANIFEST, check_format
+
+
+def is_export(path) -> bool:
+    return os.path.isfile(os.path.join(os.fspath(path), MANIFEST))
+
+
+def _litert(path):
+    from ai_edge_litert.interpreter import Interpreter
+
+    runner = Interpreter(model_path=path).get_signature_runner()
+
+    def run(**inputs):
+        return runner(**inputs)
+    return run
+
+
+def _saved_model(path):
+    import tensorflow as tf
+
+    fn = tf.saved_model.load(path).signatures["serving_default"]
+
+    def run(**inputs):
+        args = {k: tf.constant(v) for k, v in inputs.items()}
+        return {k: v.numpy() for k, v in fn(**args).items()}
+    return run
+
+
+def _onnx_predictor(path):
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    session = ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
+    name = session.get_inputs()[0].name
+    outputs = [o.name for o in session.get_outputs()]
+
+    def run(images):
+        got = dict(zip(outputs, session.run(None, {name: images})))
+        probs = next(v for v in got.values() if v.ndim == 2)
+        return {"probabilities": probs, "classes": probs.argmax(axis=1).astype(np.int32)}
+    return run
+
+
+class Exported:
+    """An export folder, loaded in its runtime: `cascade(images, threshold)` and
+    `predictor(exit)(images)`, each returning NumPy arrays by output name."""
+
+    def __init__(self, folder, driver: bool | None = None):
+        self.folder = os.fspath(folder)
+        if not is_export(self.folder):
+            raise ElasticKerasError(f"not an export (no {MANIFEST}): {self.folder}")
+        self.manifest = files.read_json(os.path.join(self.folder, MANIFEST))
+        self.format = check_format(self.manifest.get("format"))
+        self.dtype = np.dtype(self.manifest["input"]["dtype"])
+        self.output_names = [e["output"] for e in self.manifest["exits"]]
+        self._cascade, self._predictors = None, {}
+        # LiteRT: the segment driver by default (the one-graph cascade is far slower on
+        # LiteRT's CPU kernels, FIDELITY.md I22); ONNX has only the driver.
+        self.driver = self.format != "saved_model" if driver is None else driver
+        if self.driver and "segments" not in self.manifest["artifacts"]:
+            raise ElasticKerasError(f"{self.folder}: a {self.format} export has no segments")
+
+    def _load(self, rel, predictor):
+        path = os.path.join(self.folder, rel or "")
+        try:
+            if not predictor and self.driver:
+                return _driver(self.folder)
+            if self.format == "saved_model":
+                return _saved_model(path)
+            if self.format == "litert":
+                return _litert(path)
+            return _onnx_predictor(path)
+        except ImportError as e:
+            raise ElasticKerasError(f"running a {self.format} export needs {e.name}: pip install "
+                                    "'elastic-keras[export]' (make install-export)") from None
+
+    def cascade(self, images, threshold: float) -> dict:
+        """probabilities, classes and exits (1-based) of a batch at `threshold`."""
+        if self._cascade is None:
+            self._cascade = self._load(self.manifest["artifacts"].get("cascade"), False)
+        images = np.asarray(images, dtype=self.dtype)
+        if self.driver:
+            probs, classes, exits = self._cascade(images, threshold)
+            return {"probabilities": probs, "classes": classes, "exits": exits}
+        return self._cascade(images=images, threshold=np.float32(threshold))
+
+    def predictor(self, exit: str):
+        """The truncated predictor of output `exit`: images -> probabilities, classes."""
+        if exit not in self._predictors:
+            rel = self.manifest["artifacts"]["predictors"][exit]
+            run = self._load(rel, True)
+            self._predictors[exit] = run if self.format == "onnx" else (
+                lambda images, run=run: run(images=images))
+        return lambda images: self._predictors[exit](np.asarray(images, dtype=self.dtype))
+
+
+def _driver(folder):
+    from elastic_keras.inference.segment_driver import SegmentCascade
+
+    return SegmentCascade(folder)
