@@ -224,7 +224,7 @@ def cmd_predict(args):
     threshold = args.threshold if args.threshold is not None else meta["threshold"]
     chosen = ("from --threshold" if args.threshold is not None else
               "chosen by the source's calibration or budget")
-    if threshold is None:  # no early exit without a chosen threshold (FIDELITY.md I25)
+    if threshold is None:  # no early exit without a chosen threshold (FIDELITY.md I34)
         threshold = 2.0 if meta["criterion"] == "max_prob" else -1.0
         chosen = ("none was chosen (no budget or calibration), so every image goes to the "
                   "final exit")

@@ -110,7 +110,7 @@ def _saved_model(owner, fn, path):
 def _litert(owner, fn, path):
     """LiteRT flatbuffer of `fn` with a named signature: the function is frozen first (the
     variables read inside the cascade's branches are otherwise left uninitialised), then
-    saved and converted (FIDELITY.md I22)."""
+    saved and converted (FIDELITY.md I31)."""
     import tensorflow as tf
     from tensorflow.python.framework.convert_to_constants import (
         convert_variables_to_constants_v2)
@@ -140,7 +140,7 @@ def _onnx(fn, path):
 
 
 def _write_segments(fmt, folder, segments):
-    """One model per segment and the driver (LiteRT, ONNX; FIDELITY.md I22)."""
+    """One model per segment and the driver (LiteRT, ONNX; FIDELITY.md I31)."""
     os.makedirs(os.path.join(folder, "segments"))
     rels = []
     for k, fn in enumerate(segments):
@@ -160,7 +160,7 @@ def _write_artifacts(model, fmt, folder, fns):
     artifacts = {"predictors": {}}
     if fmt != "saved_model":  # one model per segment plus the loop that drives them
         artifacts.update(_write_segments(fmt, folder, fns["segments"]))
-    if fmt != "onnx":  # the cascade as one graph (FIDELITY.md I22)
+    if fmt != "onnx":  # the cascade as one graph (FIDELITY.md I31)
         artifacts["cascade"] = "cascade" + ext
         write = _saved_model if fmt == "saved_model" else _litert
         write(cascade.model, run_cascade, os.path.join(folder, artifacts["cascade"]))

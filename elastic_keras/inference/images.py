@@ -29,7 +29,7 @@ def expand(paths) -> list[str]:
 
 def read_image(path: str, shape) -> tuple[np.ndarray, list[str]]:
     """The image at `path` as uint8 (H, W, 3) of the network's input `shape`, and what was
-    converted (its mode, its size; FIDELITY.md I25); a bad file raises ElasticKerasError."""
+    converted (its mode, its size; FIDELITY.md I34); a bad file raises ElasticKerasError."""
     from PIL import Image, UnidentifiedImageError
 
     height, width, channels = shape

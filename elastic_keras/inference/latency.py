@@ -55,7 +55,7 @@ def path_thresholds(exported, probes) -> dict:
     """{exit k (1-based): (probe image index, threshold)} such that the probe image leaves
     at exit k, the threshold halfway inside its interval. Exit 1 and the final exit are
     always reached (max_prob 0 and 2; entropy inf and -1); the others where a probe allows
-    (FIDELITY.md I23)."""
+    (FIDELITY.md I32)."""
     names, criterion = exported.output_names, exported.manifest["criterion"]
     conf = np.stack([_confidences(exported.predictor(n)(probes)["probabilities"], criterion)
                      for n in names[:-1]])
@@ -123,7 +123,7 @@ def write_latency(exported, rows) -> str:
 
 def read_path_costs(path) -> dict:
     """{"path": [ms per image by exit], "predictor": [...]} from a latency.csv, at
-    the largest batch it measured (FIDELITY.md I24)."""
+    the largest batch it measured (FIDELITY.md I33)."""
     import csv
 
     if not os.path.isfile(path):
@@ -150,7 +150,7 @@ def read_path_costs(path) -> dict:
 def add_latency(rows, costs) -> None:
     """Put measured ms per image into budget rows ("test_ms"): a cascade row costs the mean,
     over its test images, of the path latency of the exit each took; an exit row costs its
-    truncated predictor (FIDELITY.md I24)."""
+    truncated predictor (FIDELITY.md I33)."""
     paths, preds = costs["path"], costs["predictor"]
     exits = iter(preds)  # exit rows come in output order
     for r in rows:

@@ -66,7 +66,7 @@ class Exported:
         self.output_names = [e["output"] for e in self.manifest["exits"]]
         self._cascade, self._predictors = None, {}
         # LiteRT: the segment driver by default (the one-graph cascade is far slower on
-        # LiteRT's CPU kernels, FIDELITY.md I22); ONNX has only the driver.
+        # LiteRT's CPU kernels, FIDELITY.md I31); ONNX has only the driver.
         self.driver = self.format != "saved_model" if driver is None else driver
         if self.driver and "segments" not in self.manifest["artifacts"]:
             raise ElasticKerasError(f"{self.folder}: a {self.format} export has no segments")

@@ -5,7 +5,7 @@ runtime (ai-edge-litert or onnxruntime) only:
     from cascade_driver import SegmentCascade
     probabilities, classes, exits = SegmentCascade("export-dir")(images, threshold)
 Each segment returns its exit's probabilities and confidence (and the features the next one
-reads); the exit rule is the in-package Cascade's (FIDELITY.md I22).
+reads); the exit rule is the in-package Cascade's (FIDELITY.md I31).
 """
 
 import json
