@@ -48,9 +48,8 @@ def input_spec(model) -> dict:
 
 def functions(model, criterion: str = "max_prob", temperatures=None) -> dict:
     """The traced functions to export: "cascade" (images, threshold) -> probabilities,
-    classes, exits; one per output name (images) -> probabilities, classes; "segments":
-    one per segment (features) -> [features,] probabilities, confidence (what the segment
-    driver runs)."""
+    classes, exits; per output (images) -> probabilities, classes; "segments" (features) ->
+    [features,] probabilities, confidence (what the segment driver runs)."""
     import tensorflow as tf
 
     from elastic_keras.inference.calibration import check_temperatures
