@@ -208,3 +208,21 @@ def test_export_under_another_backend_says_so_in_one_line(tmp_path):
     assert got.stderr.strip() == ("error: export needs the TensorFlow backend "
                                   "(KERAS_BACKEND=tensorflow); this process runs Keras on jax")
     assert not os.path.exists(tmp_path / "out")
+
+
+def test_calibrated_temperatures_apply_inside_the_exports(exported, tmp_path):
+    from elastic_keras.inference.export import export_model
+    from elastic_keras.inference.runtimes import Exported
+
+    model, _, x, _ = exported
+    temps = [1.7, 0.6, 2.5]
+    cascade = Cascade(model, temperatures=temps)
+    thr = float(np.median(cascade(x, 2.0).probabilities.max(axis=1)))
+    for fmt in ("saved_model", "onnx"):
+        export_model(model, fmt, tmp_path / fmt, temperatures=temps, log=lambda *_: None)
+        run = Exported(tmp_path / fmt)
+        assert run.manifest["temperatures"] == temps
+        for t in (0.0, thr, 2.0):
+            want, got = cascade(x, t), run.cascade(x, t)
+            np.testing.assert_array_equal(got["exits"], want.exits)
+            np.testing.assert_allclose(got["probabilities"], want.probabilities, atol=1e-5)
