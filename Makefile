@@ -83,12 +83,13 @@ figure3: $(STAMP)
 
 # Benchmarks print ratios measured in one run (targets in their last lines); the GPU one
 # (scripts/bench_gpu.py) wants a GPU.
-bench: $(STAMP) $(CAL)
+bench: $(STAMP) $(CAL) $(EXPORT)
 	$(PY) scripts/bench_exit_overhead.py
 	$(PY) scripts/bench_memory.py
 	$(PY) scripts/bench_exit_latency.py
 	$(PY) scripts/bench_resume.py
 	$(PY) scripts/bench_guarantee.py
+	$(PY) scripts/bench_export.py
 
 install: $(STAMP)
 
