@@ -109,6 +109,7 @@ $(DEV): $(STAMP)
 # The suite under TensorFlow, then its backend subset under JAX (CPU build); two workers.
 PYTEST := $(PY) -m pytest -q -n 2 --durations=10
 test: $(DEV)
+	$(PY) -m mypy elastic_keras
 	KERAS_BACKEND=tensorflow $(PYTEST)
 	KERAS_BACKEND=jax $(PYTEST) -m backends
 

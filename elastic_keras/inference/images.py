@@ -34,8 +34,9 @@ def read_image(path: str, shape) -> tuple[np.ndarray, list[str]]:
 
     height, width, channels = shape
     try:
-        with Image.open(path) as img:
-            img.load()
+        with Image.open(path) as opened:
+            opened.load()
+            img: Image.Image = opened
             done = []
             mode = "RGB" if channels == 3 else "L"
             if img.mode != mode:
@@ -43,7 +44,7 @@ def read_image(path: str, shape) -> tuple[np.ndarray, list[str]]:
                 img = img.convert(mode)
             if img.size != (width, height):
                 done.append(f"size {img.size[0]}x{img.size[1]} -> {width}x{height}")
-                img = img.resize((width, height), Image.BILINEAR)
+                img = img.resize((width, height), Image.Resampling.BILINEAR)
             x = np.asarray(img, dtype=np.uint8)
     except (OSError, UnidentifiedImageError, ValueError) as e:
         raise ElasticKerasError(f"cannot read image {path}: {e}") from None

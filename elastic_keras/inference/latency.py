@@ -6,6 +6,7 @@ import json
 import math
 import os
 import time
+from typing import Any
 
 import numpy as np
 
@@ -134,7 +135,7 @@ def read_path_costs(path) -> dict:
     if not rows:
         raise ElasticKerasError(f"{path} holds no measurements")
     batch = max(int(r["batch"]) for r in rows)
-    costs = {}
+    costs: dict[str, Any] = {}
     for kind in ("path", "predictor"):
         got = sorted((int(r["index"]), r["per_image_ms"]) for r in rows
                      if r["kind"] == kind and int(r["batch"]) == batch)

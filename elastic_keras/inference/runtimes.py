@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from typing import Any
 
 import numpy as np
 
@@ -64,7 +65,8 @@ class Exported:
         self.format = check_format(self.manifest.get("format"))
         self.dtype = np.dtype(self.manifest["input"]["dtype"])
         self.output_names = [e["output"] for e in self.manifest["exits"]]
-        self._cascade, self._predictors = None, {}
+        self._cascade: Any = None
+        self._predictors: dict[str, Any] = {}
         # LiteRT: the segment driver by default (the one-graph cascade is far slower on
         # LiteRT's CPU kernels, FIDELITY.md I31); ONNX has only the driver.
         self.driver = self.format != "saved_model" if driver is None else driver

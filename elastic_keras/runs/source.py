@@ -7,6 +7,7 @@ import hashlib
 import json
 import os
 from dataclasses import dataclass, field
+from typing import Any
 
 from elastic_keras import files
 from elastic_keras.errors import ElasticKerasError
@@ -82,10 +83,10 @@ def budget_pick(run_dir: str) -> dict | None:
             "rule": "cheapest threshold reaching the final exit's validation accuracy"}
 
 
-def _run_meta(run) -> dict:
+def _run_meta(run) -> dict[str, Any]:
     """Source fields of a run: its name, config hash, classes, chosen thresholds."""
     cfg = run.config
-    meta = {"source": {"kind": "run", "path": os.path.abspath(run.dir), "name": cfg["name"],
+    meta: dict[str, Any] = {"source": {"kind": "run", "path": os.path.abspath(run.dir), "name": cfg["name"],
                        "profile": cfg["profile"], "dataset": cfg["data"]["dataset"],
                        "checkpoint": run.best_checkpoint()["file"]},
             "config_hash": config_hash(cfg), "thresholds": {},
