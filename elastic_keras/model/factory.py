@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 
 import keras
@@ -10,6 +11,8 @@ from elastic_keras.errors import ElasticKerasError
 from elastic_keras.model.exits import FINAL, ElasticModel, exit_name
 from elastic_keras.backend.keras_internals import graph_nodes, node_of, outputs_in_graph
 from elastic_keras.model.registry import DEFAULT_DROPOUT, get_spec
+
+PRECISIONS = ("float32", "mixed_bfloat16")  # train.precision (FIDELITY.md B8)
 
 
 
@@ -35,7 +38,10 @@ def _head(x, classes, dropout, name, flatten, pool=False):
         x = L.Flatten(name=f"{name}_flatten")(x)
         names.append(f"{name}_flatten")
     x = L.Dropout(dropout, name=f"{name}_dropout")(x)
-    out = L.Dense(classes, activation="softmax", name=name)(x)
+    # Under a mixed policy the softmax (and so the loss) stays float32 (FIDELITY.md B8).
+    mixed = keras.config.dtype_policy().compute_dtype != "float32"
+    out = L.Dense(classes, activation="softmax", name=name,
+                  dtype="float32" if mixed else None)(x)
     return out, names + [f"{name}_dropout", name]
 
 
@@ -124,7 +130,7 @@ def build_model(backbone: str, classes: int, input_size: int = 224,
                 dropout: float = DEFAULT_DROPOUT, alpha: float | None = None,
                 weights: str | None = "imagenet", plain: bool = False,
                 source_shape: tuple | None = None, preprocess: str = "paper",
-                bn_momentum: float | None = None) -> ElasticModel:
+                bn_momentum: float | None = None, precision: str = "float32") -> ElasticModel:
     """Build the elastic model (paper section III) or the plain baseline of `backbone`.
 
     weights: "imagenet", None, a path to a local weights file of the backbone without its
@@ -135,7 +141,28 @@ def build_model(backbone: str, classes: int, input_size: int = 224,
     uint8-valued images of that shape and its first layer resizes them to `input_size`
     and scales them (`preprocess`: "paper" [0, 1] or "authors" [-1, 1]) inside the graph.
     bn_momentum: BatchNorm momentum of every BatchNormalization layer (demo profile, T8).
+    precision: "float32" or "mixed_bfloat16" (float32 variables, bfloat16 arithmetic, the
+    heads' softmax in float32: FIDELITY.md B8); the global dtype policy is left as it was.
     """
+    with dtype_policy(precision):
+        return _build(backbone, classes, input_size, dropout, alpha, weights, plain,
+                      source_shape, preprocess, bn_momentum)
+
+
+@contextlib.contextmanager
+def dtype_policy(name: str):
+    """A context in which Keras builds layers under dtype policy `name`; the global policy
+    is restored on exit (it is never left changed)."""
+    before = keras.config.dtype_policy()
+    keras.config.set_dtype_policy(name)
+    try:
+        yield
+    finally:
+        keras.config.set_dtype_policy(before)
+
+
+def _build(backbone, classes, input_size, dropout, alpha, weights, plain, source_shape,
+           preprocess, bn_momentum):
     spec = get_spec(backbone)
     if isinstance(input_size, bool) or not isinstance(input_size, int) \
             or input_size < spec.min_input_size:
@@ -176,4 +203,5 @@ def model_from_config(cfg: dict, num_classes: int, image_shape, initial_weights:
                        dropout=m["dropout"], alpha=m["alpha"],
                        weights=m["weights"] if initial_weights else None, plain=m["plain"],
                        source_shape=tuple(image_shape), preprocess=m["preprocess"],
-                       bn_momentum=m["bn_momentum"])
+                       bn_momentum=m["bn_momentum"],
+                       precision=cfg["train"].get("precision", "float32"))

@@ -51,6 +51,8 @@ PROTOCOL = {
         "eval_batch_size": 64,  # validation and test passes (FIDELITY.md B6)
         "reload_best_between_phases": True,  # authors' scripts (FIDELITY.md T3)
         "backprop": "joint",  # or "multi_way": AuxNet's multi-way backpropagation (L4)
+        "steps_per_execution": 8,  # steps per compiled call; same numbers (FIDELITY.md B7)
+        "precision": "float32",  # or "mixed_bfloat16" (FIDELITY.md B8)
     },
     # Phases are data: the loop runs them in this order (paper section IV-A).
     "phases": {

@@ -27,7 +27,8 @@ def evaluate_run(run: RunDir, net: Any, data: Any, state: RunState, log=print) -
     best = run.best_checkpoint(state)
     run.load_weights(net, best)
     trainer = ExitTrainer(net, [1.0] * len(net.outputs))
-    trainer.compile()
+    # The test pass: one compiled loop over its large batches (FIDELITY.md B7).
+    trainer.compile(steps_per_execution=cfg["train"].get("steps_per_execution", 1))
     logs = named(trainer.evaluate(Batches(data.x_test, data.y_test,
                                           cfg["train"]["eval_batch_size"]),
                                   verbose=0, return_dict=True), trainer.exit_names)

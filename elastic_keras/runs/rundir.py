@@ -36,7 +36,8 @@ from elastic_keras.training.state import (
 CONFIG, SPLIT, STATE, RESULTS, LOCK = (
     "config.json", "split.json", "state.json", "results.json", ".lock")
 # Keys that say where things are or how fast they run, not what the run is.
-_NOT_IDENTITY = {"resolved", "data.data_dir", "train.eval_batch_size"}
+_NOT_IDENTITY = {"resolved", "data.data_dir", "train.eval_batch_size",
+                 "train.steps_per_execution"}
 
 
 def run_dir_for(cfg: dict[str, Any], runs_root: str = "runs") -> str:

@@ -5,6 +5,7 @@ from elastic_keras.checks import (
     check_bool, check_choice, check_int, check_number, is_number)
 from elastic_keras.data.preprocessing import MODES as PREPROCESS
 from elastic_keras.errors import ElasticKerasError
+from elastic_keras.model.factory import PRECISIONS
 from elastic_keras.model.registry import MOBILENET_ALPHAS
 from elastic_keras.training.loop import BACKPROP, TRAINABLE
 
@@ -88,6 +89,8 @@ def check_config(cfg):
     check_int("train.eval_batch_size", t["eval_batch_size"], 1)
     check_bool("train.reload_best_between_phases", t["reload_best_between_phases"])
     check_choice("train.backprop", t["backprop"], BACKPROP)
+    check_int("train.steps_per_execution", t["steps_per_execution"], 1)
+    check_choice("train.precision", t["precision"], PRECISIONS)
     if not cfg["phases"]:
         raise ElasticKerasError("config phases: needs at least one phase")
     for name, ph in cfg["phases"].items():

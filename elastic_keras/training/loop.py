@@ -78,8 +78,10 @@ def start_phase(run, job, state, index, phases, log):
     if not resuming:
         state.phase, state.phase_epoch, state.lr = name, 0, float(phase["lr"])
         state.stopped, state.schedule = False, new_state()
+    # Several steps per compiled call: the epoch's numbers are unchanged (FIDELITY.md B7).
     job.trainer.compile(optimizer=keras.optimizers.SGD(learning_rate=state.lr,
-                                                       momentum=phase["momentum"]))
+                                                       momentum=phase["momentum"]),
+                        steps_per_execution=job.cfg["train"]["steps_per_execution"])
     before = phases[index - 1][0] if index > 0 else None
     if resuming and state.last:
         run.load_weights(job.net, state.last)

@@ -19,7 +19,7 @@ def exit_terms(probs, y):
     images whose true-class probability fell to the clip floor, the sign of a diverged
     run whose loss no longer moves (FIDELITY.md T9).
     """
-    p = ops.stack(list(probs), axis=0)  # (K, B, C)
+    p = ops.cast(ops.stack(list(probs), axis=0), "float32")  # (K, B, C); B8
     y = ops.cast(ops.reshape(y, (-1,)), "int32")
     onehot = ops.one_hot(y, ops.shape(p)[-1], dtype=p.dtype)
     p_true = ops.sum(p * onehot[None], axis=-1)  # (K, B)
