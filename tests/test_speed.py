@@ -5,10 +5,10 @@ import numpy as np
 import pytest
 
 from elastic_keras import ElasticKerasError, elastify
-from elastic_keras.batches import Batches
-from elastic_keras.config import load_config
-from elastic_keras.models import build_model, dtype_policy
-from elastic_keras.trainer import ExitTrainer, named
+from elastic_keras.data.batches import Batches
+from elastic_keras.runs.config import load_config
+from elastic_keras.model.factory import build_model, dtype_policy
+from elastic_keras.training.objective import ExitTrainer, named
 
 from conftest import tiny_cnn
 

@@ -112,8 +112,7 @@ def run_epoch(run, job, state, name, phase, log, verbose):
 
     cfg, data, t = job.cfg, job.data, job.cfg["train"]
     epoch = len(state.history) + 1
-    label = (f"[{cfg['name']}] epoch {epoch}/{sum(p['epochs'] for p in cfg['phases'].values())}"
-             f" ({name} {state.phase_epoch + 1}/{phase['epochs']}, lr {state.lr:.3g})")
+    label = epoch_label(cfg, state, name, phase, epoch)
     job.trainer.optimizer.learning_rate = state.lr
     reseed(job.net, t["seed"], epoch)
     clock = StepProgress(label, t["batch_size"], every=None if verbose else math.inf)
@@ -130,6 +129,12 @@ def run_epoch(run, job, state, name, phase, log, verbose):
            "train_s": round(clock.train_s, 3), "val_s": round(clock.val_s, 3)}
     log(epoch_line(label, row, len(data.y_train), len(data.y_val)))
     end_epoch(run, job, state, row, phase)
+
+
+def epoch_label(cfg, state, name, phase, epoch):
+    """'[name] epoch 3/110 (full 2/100, lr 0.001)': the start of an epoch's lines."""
+    return (f"[{cfg['name']}] epoch {epoch}/{sum(p['epochs'] for p in cfg['phases'].values())}"
+            f" ({name} {state.phase_epoch + 1}/{phase['epochs']}, lr {state.lr:.3g})")
 
 
 def check_divergence(run, job, state, logs, epoch, name):

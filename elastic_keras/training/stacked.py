@@ -1,0 +1,145 @@
+"""Seeds in one program (JAX): K seeds of one config trained through one compiled, vmapped step."""
+
+import time
+
+import numpy as np
+
+from elastic_keras.errors import ElasticKerasError
+
+
+def fit_together(runs, jobs, states, log=print):
+    """Train K runs of one config (seeds differ) together, phase by phase, epoch by epoch;
+    return {index: failure message} of the runs that diverged (the others went on).
+
+    Variables, optimizer state (learning rate included: plateau cuts differ by seed) and
+    RNG state of the K networks are stacked along a leading axis and stepped by one
+    `jax.vmap` over Keras' stateless calls (FIDELITY.md B9). Between epochs they are
+    written back into each run's own network and optimizer, so each run's checkpoints,
+    state, history and plateau are exactly the single-run loop's (`loop.end_epoch`).
+    """
+    from elastic_keras.training.loop import _phase_over, _phases_done, start_phase
+
+    phases, failed = list(jobs[0].cfg["phases"].items()), {}
+    for index, (name, phase) in enumerate(phases):
+        ids = [i for i in range(len(jobs)) if _phases_done(states[i], phases) <= index]
+        for i in ids:
+            start_phase(runs[i], jobs[i], states[i], index, phases, log)
+            optimizer = jobs[i].trainer.optimizer
+            if not optimizer.built:
+                optimizer.build(jobs[i].trainer.trainable_variables)
+        steps = _compiled_steps(jobs[ids[0]]) if ids else None
+        while True:
+            live = [i for i in ids if i not in failed and not _phase_over(states[i], phase)]
+            if not live:
+                break
+            failed.update(_epoch(runs, jobs, states, live, name, phase, steps, log))
+    return failed
+
+
+def _compiled_steps(job):
+    """(train step, evaluation step), jitted and vmapped over a leading seed axis."""
+    import jax
+    import jax.numpy as jnp
+
+    from elastic_keras.training.objective import exit_terms
+
+    net, optimizer = job.net, job.trainer.optimizer
+    weights = jnp.asarray(job.weights, dtype="float32")
+
+    def terms(tv, ntv, x, y, training):
+        out, ntv = net.stateless_call(tv, ntv, x, training=training)
+        ce, acc, clipped = exit_terms(out if isinstance(out, (list, tuple)) else [out], y)
+        loss = jnp.sum(weights * ce)
+        return loss, (ntv, jnp.concatenate([loss[None], ce, acc, clipped]))
+
+    def train_one(tv, ntv, ov, x, y):
+        (_, (ntv, vec)), grads = jax.value_and_grad(terms, has_aux=True)(tv, ntv, x, y, True)
+        tv, ov = optimizer.stateless_apply(ov, grads, tv)
+        return tv, ntv, ov, vec * x.shape[0]
+
+    def eval_one(tv, ntv, x, y):
+        return (terms(tv, ntv, x, y, False)[1][1] * x.shape[0],)
+
+    return (jax.jit(jax.vmap(train_one), donate_argnums=(0, 1, 2)),
+            jax.jit(jax.vmap(eval_one)))
+
+
+def _stack(variable_lists):
+    """[[v_1 .. v_n] per seed] -> [stacked v_1 .. stacked v_n], a leading seed axis."""
+    import jax.numpy as jnp
+
+    return [jnp.stack([v.value for v in vs]) for vs in zip(*variable_lists)]
+
+
+def _unstack(stacked, variable_lists):
+    for k, variables in enumerate(variable_lists):
+        for value, var in zip(stacked, variables):
+            var.assign(value[k])
+
+
+def _pass(step, state, batches):
+    """Every batch of the K seeds' `batches` (one Batches each, equal lengths) through
+    `step`; returns the new state and the summed per-seed vectors divided by the images."""
+    if len({len(b) for b in batches}) != 1 or len({len(b.x) for b in batches}) != 1:
+        raise ElasticKerasError("seeds trained together need the same number of images")
+    total = None
+    for index in range(len(batches[0])):
+        parts = [b[index] for b in batches]
+        x, y = np.stack([p[0] for p in parts]), np.stack([p[1] for p in parts])
+        *updated, sums = step(*state, x, y)
+        state = updated or state  # the evaluation step updates nothing
+        total = sums if total is None else total + sums
+    return state, np.asarray(total, dtype=np.float64) / len(batches[0].x)
+
+
+def _epoch(runs, jobs, states, ids, name, phase, steps, log):
+    """One epoch of the seeds `ids`, together; each then ends it as if alone."""
+    from elastic_keras.data.batches import Batches
+    from elastic_keras.backend.keras_internals import reseed
+
+    train_step, eval_step = steps
+    sel = [jobs[i] for i in ids]
+    epochs = [len(states[i].history) + 1 for i in ids]
+    for job, i, epoch in zip(sel, ids, epochs):
+        job.trainer.optimizer.learning_rate = states[i].lr
+        reseed(job.net, job.cfg["train"]["seed"], epoch)
+    lists = [[j.net.trainable_variables for j in sel], [j.net.non_trainable_variables
+                                                        for j in sel],
+             [j.trainer.optimizer.variables for j in sel]]
+    start = time.time()
+    train = [Batches(j.data.x_train, j.data.y_train, j.cfg["train"]["batch_size"],
+                     shuffle=True, seed=j.cfg["train"]["seed"], epoch=e)
+             for j, e in zip(sel, epochs)]
+    stacked, sums = _pass(train_step, [_stack(v) for v in lists], train)
+    train_s = time.time() - start
+    val = [Batches(j.data.x_val, j.data.y_val, j.cfg["train"]["eval_batch_size"]) for j in sel]
+    _, val_sums = _pass(eval_step, stacked[:2], val)
+    for values, variables in zip(stacked, lists):
+        _unstack(values, variables)
+    times = {"time_s": time.time() - start, "train_s": train_s,
+             "val_s": time.time() - start - train_s}
+    failed = {}
+    for k, i in enumerate(ids):
+        logs = {"loss": sums[k, 0], "exits": sums[k, 1:], "val_loss": val_sums[k, 0],
+                "val_exits": val_sums[k, 1:]}
+        try:
+            _end(runs[i], jobs[i], states[i], logs, epochs[k], name, phase, times, log)
+        except ElasticKerasError as e:  # this seed diverged: it fails alone (T9)
+            log(str(e))
+            failed[i] = str(e)
+    return failed
+
+
+def _end(run, job, state, logs, epoch, name, phase, times, log):
+    """What the single-run loop does after an epoch's fit (loop.run_epoch)."""
+    from elastic_keras.training.progress import epoch_line
+    from elastic_keras.training.loop import check_divergence, end_epoch, epoch_label
+    from elastic_keras.training.objective import named
+
+    label = epoch_label(job.cfg, state, name, phase, epoch)
+    logs = named(logs, job.trainer.exit_names)
+    check_divergence(run, job, state, logs, epoch, name)
+    row = {"epoch": epoch, "phase": name, "phase_epoch": state.phase_epoch + 1,
+           "lr": state.lr, **logs, **{k: round(v, 3) for k, v in times.items()}}
+    log(epoch_line(label, row, len(job.data.y_train), len(job.data.y_val)) + " (seeds together)")
+    end_epoch(run, job, state, row, phase)
