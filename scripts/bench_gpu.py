@@ -1,335 +1,355 @@
-"""Benchmark: the paper setting on a GPU, every Table I model, and runs packed on one GPU.
+"""Benchmark: every Table I model on one GPU, elastic and plain, and Table I's hours from them.
 
-The paper setting: 32x32 uint8 images resized to 224 px in the graph, batch 16, SGD with
-momentum 0.9, every layer trainable (phase "full"), uniform loss weights, through the
-project's own trainer (`ExitTrainer.fit` on `Batches`); evaluation at the config's
-`eval_batch_size`. For each Table I model, elastic and plain, it measures training and
-evaluation images/s and the elastic/plain ratio, and projects the hours of the whole
-Table I under the paper profile (10 + 100 epochs over 40,000 images, a validation pass
-of 10,000 per epoch, 30 runs), one run after another. Then it packs 1, 2 and 4 runs of
-MobileNet and ResNet-50 (elastic) on the GPU at once and measures their summed images/s,
-and projects Table I with four runs per GPU.
+One process, one model compiled at a time (built, compiled, measured, released), JAX's
+persistent compilation cache on (a second run in the same place skips compilation), XLA's
+GPU autotuning never turned off. For each of the 15 models of Table I's 30 runs (the
+packaged configs): training images/s through the project's trainer (`ExitTrainer.fit` at
+the config's batch, `train.steps_per_execution`, SGD with momentum, every layer trainable)
+and evaluation images/s (`evaluate` at `train.eval_batch_size`), each as 3 steady-state
+windows (the difference of a long and a short call: start-up and the last sync left out)
+with their spread. Each of the 30 runs' hours is projected from its own model's measured
+speeds and its own config (epochs, images, batches). Then, under JAX: MobileNet and
+ResNet-50 with 4 seeds in one program (`training/stacked.py`) against one seed, and in
+`mixed_bfloat16` against float32. `--xla-flags` times the same models again in a child
+process with extra XLA flags (e.g. command buffers off) and prints the ratios.
 
-Every model is its own process (`--worker`): all compile at once, then they measure in
-turns, one model at a time (the packed rounds: n at a time), so that compilation is
-paid once in parallel and no measurement shares the GPU with another.
+Work stops when the time budget (default 8 minutes) would run out: the models measured
+first are the ones the targets need; anything not reached is listed as not measured.
 
-    KERAS_BACKEND=jax python scripts/bench_gpu.py [--steps 150] [--out results.json]
-    python scripts/bench_gpu.py --quick   # CPU smoke test of the machinery (32 px)
+    KERAS_BACKEND=jax python scripts/bench_gpu.py [--budget 480] [--out bench.json]
+    KERAS_BACKEND=jax python scripts/bench_gpu.py --xla-flags=--xla_gpu_enable_command_buffer=
+    python scripts/bench_gpu.py --quick   # CPU check of the machinery (32 px, short windows)
 
-Last line: min_ratio=<lowest elastic/plain training images/s> table1_hours=<one after
-another> packed_hours=<four per GPU> pack4_mobilenet=<4 together / 1> pack4_resnet50=<...>.
+Every line names the device. Last line: min_elastic_over_plain=<lowest elastic/plain
+training images/s> table1_hours_1seed=<the 30 runs one after another, float32>
+seeds4_speedup=<4 seeds in one program / 1> bf16_speedup=<bf16 / float32> runs=<projected>/30
+device=<device>.
 """
 
 import argparse
+import gc
 import json
 import os
 import subprocess
 import sys
-import tempfile
 import time
 
-CLASSES = 10
-# (backbone, plain) of every Table I model; Table I runs each on CIFAR-10 and CIFAR-100.
-MODELS = [(b, p) for b in ("densenet121", "densenet169", "inceptionv3", "mobilenet",
-                           "mobilenet_authors", "vgg16", "resnet50") for p in (False, True)]
-MODELS.append(("resnet50_5", False))
-PACK = ("mobilenet", "resnet50")
-PACK_COUNTS = (1, 2, 4)
-EPOCHS, TRAIN_IMAGES, VAL_IMAGES, TEST_IMAGES = 110, 40_000, 10_000, 10_000
+FIRST = ("mobilenet", "resnet50")  # what the seeds and bf16 targets need, measured first
+OFFICIAL = (50_000, 10_000)  # CIFAR-10 and CIFAR-100: official training and test images
+BACKBONES = ("mobilenet", "resnet50", "densenet121", "densenet169", "inceptionv3",
+             "mobilenet_authors", "vgg16", "resnet50_5")
+
+
+def steady(call, unit, window_s, windows=3):
+    """Steps/s in `windows` consecutive steady-state windows of one long call.
+
+    `call(n, stamps)` runs n steps (a multiple of `unit`, the steps of one compiled call)
+    and appends a perf_counter time after each compiled call, once its results are on the
+    host. A first call of 2 units compiles and sizes the windows to about `window_s`; in
+    the long call the time before the first stamp is left out (start-up)."""
+    stamps = []
+    call(2 * unit, stamps)
+    per_stamp = 2 * unit / len(stamps)  # steps between two stamps
+    per_step = max((stamps[-1] - stamps[-2]) / per_stamp, 1e-9)
+    span = max(1, int(window_s / per_step / per_stamp))  # stamps per window
+    stamps = []
+    call(round(per_stamp * (1 + windows * span)), stamps)
+    edges = stamps[::span]
+    return [span * per_stamp / max(b - a, 1e-9) for a, b in zip(edges, edges[1:])]
+
+
+def stamper(stamps):
+    """A Keras callback appending the time after each compiled training or test call
+    (not async-safe, so Keras hands it the logs once they are on the host)."""
+    import keras
+
+    now = lambda batch, logs: stamps.append(time.perf_counter())  # noqa: E731
+    return keras.callbacks.LambdaCallback(on_train_batch_end=now, on_test_batch_end=now)
+
+
+def summary(rates, per_step):
+    """Median images/s of the windows and their spread ((max - min) / median)."""
+    ips = sorted(r * per_step for r in rates)
+    mid = ips[len(ips) // 2]
+    return {"ips": mid, "spread": (ips[-1] - ips[0]) / mid, "windows": ips}
+
+
+def _cycle(x, y, batch, length):
+    """A PyDataset of `length` batches cycling over (x, y)."""
+    import keras
+
+    class Cycle(keras.utils.PyDataset):
+        def __len__(self):
+            return length
+
+        def __getitem__(self, i):
+            j = (i * batch) % (len(x) - batch + 1)
+            return x[j:j + batch], y[j:j + batch]
+
+    data = Cycle()
+    data.x = x
+    return data
+
+
+def _images(n, classes, seed=0):
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    return (rng.integers(0, 256, (n, 32, 32, 3), dtype=np.uint8),
+            rng.integers(0, classes, n).astype(np.int32))
+
+
+def measure_model(backbone, plain, args, precision="float32"):
+    """Training and evaluation speed of one model through the loop's own trainer."""
+    import keras
+
+    from elastic_keras import build_model
+    from elastic_keras.training.objective import ExitTrainer
+
+    start = time.time()
+    net = build_model(backbone, args.classes, input_size=args.size, weights=None,
+                      plain=plain, source_shape=(32, 32, 3), precision=precision)
+    trainer = ExitTrainer(net, [1.0] * len(net.outputs))
+    trainer.compile(optimizer=keras.optimizers.SGD(learning_rate=1e-3, momentum=0.9),
+                    steps_per_execution=args.spe)
+    x, y = _images(64 * max(args.batch, args.eval_batch), args.classes)
+    train, val = (_cycle(x, y, args.batch, 10 ** 6), _cycle(x, y, args.eval_batch, 10 ** 6))
+    def fit(n, stamps):
+        trainer.fit(train, steps_per_epoch=n, epochs=1, verbose=0, callbacks=[stamper(stamps)])
+
+    def ev(n, stamps):
+        trainer.evaluate(val, steps=n, verbose=0, callbacks=[stamper(stamps)])
+
+    out = {"outputs": len(net.outputs),
+           "train": summary(steady(fit, args.spe, args.window_s), args.batch),
+           "eval": summary(steady(ev, args.spe, args.window_s / 2), args.eval_batch)}
+    out["seconds"] = time.time() - start
+    del net, trainer
+    keras.backend.clear_session()
+    gc.collect()
+    return out
+
+
+def measure_seeds(backbone, k, args):
+    """Training images/s of `k` seeds of one elastic model through one vmapped step
+    (the seeds-together loop's own code: training/stacked.py)."""
+    import keras
+
+    from elastic_keras import build_model
+    from elastic_keras.training.loop import make_trainer
+    from elastic_keras.training import stacked
+
+    net = build_model(backbone, args.classes, input_size=args.size, weights=None,
+                      source_shape=(32, 32, 3))
+    trainer = make_trainer(net, [1.0] * len(net.outputs))
+    trainer.compile(optimizer=keras.optimizers.SGD(learning_rate=1e-3, momentum=0.9))
+    trainer.optimizer.build(trainer.trainable_variables)
+    job = type("Job", (), {"net": net, "trainer": trainer, "weights": [1.0] * len(net.outputs)})
+    train_step, _ = stacked._compiled_steps(job)
+    state = [stacked._stack([v] * k) for v in (net.trainable_variables,
+                                               net.non_trainable_variables,
+                                               trainer.optimizer.variables)]
+    x, y = _images(64 * args.batch, args.classes)
+
+    def call(n, stamps):  # synced after every `spe` steps, as Keras' loop is
+        for _ in range(n // args.spe):
+            data = [_cycle(x, y, args.batch, args.spe)] * k
+            state[:] = stacked._pass(train_step, state, data)[0]
+            stamps.append(time.perf_counter())
+
+    out = summary(steady(call, args.spe, args.window_s), args.batch * k)
+    del net, trainer, state
+    keras.backend.clear_session()
+    gc.collect()
+    return out
+
+
+def run_hours(cfg, speed):
+    """Hours of one run of `cfg` (every epoch of every phase at the measured speeds: an
+    upper bound, phase 'heads' trains faster; no early stopping in the paper protocol)."""
+    d = cfg["data"]
+    train_all = min(OFFICIAL[0], d["train_limit"] or OFFICIAL[0])
+    test = min(OFFICIAL[1], d["test_limit"] or OFFICIAL[1])
+    val = round(train_all * cfg["data"]["val_fraction"])
+    epochs = sum(p["epochs"] for p in cfg["phases"].values())
+    tr, ev = speed["train"]["ips"], speed["eval"]["ips"]
+    return (epochs * ((train_all - val) / tr + val / ev) + test / ev) / 3600
+
+
+def table1(speeds):
+    """{run name: hours} of the packaged Table I configs whose model was measured."""
+    from elastic_keras.runs.config import load_config, packaged_configs
+
+    hours = {}
+    for name in sorted(packaged_configs()):
+        cfg = load_config(name)
+        key = _key(cfg["model"]["backbone"], cfg["model"]["plain"])
+        if key in speeds:
+            hours[name] = run_hours(cfg, speeds[key])
+    return hours
 
 
 def _key(backbone, plain):
     return f"{backbone}-{'plain' if plain else 'elastic'}"
 
 
-# ---------------------------------------------------------------------------------------
-# Worker: build, warm up (compile), then measure when told to
+def _plan(args):
+    """(what, backbone, plain) in the order measured: the targets' models first."""
+    chosen = [b for b in BACKBONES if args.only is None or b in args.only]
+    first = [b for b in chosen if b in FIRST]
+    plan = [("model", b, p) for b in first for p in (False, True)]
+    if args.extras:
+        plan += [("seeds", b, False) for b in first] + [("bf16", b, False) for b in first]
+    rest = [b for b in chosen if b not in FIRST]
+    return plan + [("model", b, p) for b in rest for p in (False, True)
+                   if not (p and b == "resnet50_5")]  # its baseline is ResNet-50's (G2)
 
 
-def _wait_for(path, poll=0.05):
-    while not os.path.exists(path):
-        time.sleep(poll)
-
-
-def rate(call, steps, batch):
-    """Steady-state images/s of `call(n)` (a fit or evaluate of n steps that returns once
-    the device is done): the difference of n = steps and n = steps // 5 removes what a
-    call costs whatever its length (start-up, the final sync)."""
-    short = max(1, steps // 5)
-    times = []
-    for n in (short, steps):
-        t0 = time.perf_counter()
-        call(n)
-        times.append(time.perf_counter() - t0)
-    return (steps - short) * batch / max(times[1] - times[0], 1e-9)
-
-
-def worker(args):
-    import numpy as np
-
+def run_plan(args, dev):
+    """Measure the plan within the budget; returns every number measured."""
     import keras
 
-    from elastic_keras import build_model
-    from elastic_keras.data.batches import Batches
-    from elastic_keras.backend.environment import describe
-    from elastic_keras.training.objective import ExitTrainer
-
-    sync = args.sync
-    t0 = time.time()
-    net = build_model(args.backbone, CLASSES, input_size=args.size, weights=None,
-                      plain=args.plain, source_shape=(32, 32, 3))
-    trainer = ExitTrainer(net, [1.0] * len(net.outputs))
-    trainer.compile(optimizer=keras.optimizers.SGD(learning_rate=1e-3, momentum=0.9))
-    rng = np.random.default_rng(args.id)
-    n_train = args.batch * (args.steps + 8)
-    x = rng.integers(0, 256, (n_train, 32, 32, 3), dtype=np.uint8)
-    y = rng.integers(0, CLASSES, n_train).astype(np.int32)
-    xv = rng.integers(0, 256, (args.eval_batch * args.eval_steps, 32, 32, 3), dtype=np.uint8)
-    yv = rng.integers(0, CLASSES, len(xv)).astype(np.int32)
-    train, val = Batches(x, y, args.batch, shuffle=True), Batches(xv, yv, args.eval_batch)
-    trainer.fit(train, steps_per_epoch=3, validation_data=val, validation_steps=2, epochs=1,
-                verbose=0)  # compiles the train and evaluation steps
-    env = describe()
-    with open(os.path.join(sync, f"ready-{args.id}.json"), "w") as f:
-        json.dump({"warmup_s": time.time() - t0, "device": env["device"],
-                   "backend": env["backend"], "outputs": len(net.outputs)}, f)
-    round_, parent = 0, os.getppid()
-    while True:
-        go, stop = os.path.join(sync, f"go-{args.id}-{round_}"), os.path.join(sync, "stop")
-        while not os.path.exists(go) and not os.path.exists(stop):
-            if os.getppid() != parent:  # the orchestrator died: so do we
-                return 1
-            time.sleep(0.02)
-        if os.path.exists(stop):
-            return 0
-        start = time.time()
-        result = {"train_ips": rate(lambda n: trainer.fit(train, steps_per_epoch=n, epochs=1,
-                                                          verbose=0),
-                                    args.steps, args.batch),
-                  "eval_ips": rate(lambda n: trainer.evaluate(val, steps=n, verbose=0),
-                                   args.eval_steps, args.eval_batch),
-                  "start": start, "end": time.time()}
-        with open(os.path.join(sync, f"result-{args.id}-{round_}.json"), "w") as f:
-            json.dump(result, f)
-        round_ += 1
-
-
-# ---------------------------------------------------------------------------------------
-# Orchestrator
-
-
-def _spawn(args, sync, wid, backbone, plain):
-    cmd = [sys.executable, os.path.abspath(__file__), "--worker", "--sync", sync,
-           "--id", str(wid), "--backbone", backbone, "--size", str(args.size),
-           "--batch", str(args.batch), "--eval-batch", str(args.eval_batch),
-           "--steps", str(args.steps), "--eval-steps", str(args.eval_steps)]
-    if plain:
-        cmd.append("--plain")
-    # Every worker allocates on demand, up to its share of the GPU (the BFC allocator's
-    # limit is the memory fraction, preallocated or not).
-    env = {**os.environ, "XLA_PYTHON_CLIENT_PREALLOCATE": "false",
-           "XLA_PYTHON_CLIENT_MEM_FRACTION": f"{args.mem_fraction:.4f}",
-           "TF_CPP_MIN_LOG_LEVEL": "3", "TF_FORCE_GPU_ALLOW_GROWTH": "true"}
-    if args.no_autotune:
-        env["XLA_FLAGS"] = (env.get("XLA_FLAGS", "") + " --xla_gpu_autotune_level=0").strip()
-    log = open(os.path.join(sync, f"log-{wid}.txt"), "w")
-    return subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
-
-
-def _wait_all(paths, procs, timeout, what):
-    """Wait for the files `paths` from the workers `procs` ({id: process})."""
-    deadline = time.time() + timeout
-    while not all(os.path.exists(p) for p in paths):
-        dead = [w for w, p in procs.items() if p.poll() not in (None, 0)]
-        if dead or time.time() > deadline:
-            raise RuntimeError(f"{what}: workers {dead or 'timed out'}")
-        time.sleep(0.05)
-    return [json.load(open(p)) for p in paths]
-
-
-def _wait_ready(sync, procs, timeout):
-    """Ids of the workers warm by the deadline (the others are reported and left out)."""
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        pending = [i for i, p in procs.items()
-                   if not os.path.exists(os.path.join(sync, f"ready-{i}.json")) and p.poll() is None]
-        if not pending:
-            break
-        time.sleep(0.2)
-    ready = [i for i in procs if os.path.exists(os.path.join(sync, f"ready-{i}.json"))]
-    for i in sorted(set(procs) - set(ready)):
-        with open(os.path.join(sync, f"log-{i}.txt")) as f:
-            tail = f.read().strip().splitlines()[-3:]
-        print(f"  worker {i} not warm ({'exited ' + str(procs[i].poll()) if procs[i].poll() is not None else 'timed out'}): "
-              + " | ".join(tail), flush=True)
-    return ready
-
-
-def _measure(sync, ids, round_of, procs, timeout):
-    for i in ids:
-        open(os.path.join(sync, f"go-{i}-{round_of[i]}"), "w").close()
-    paths = [os.path.join(sync, f"result-{i}-{round_of[i]}.json") for i in ids]
-    results = _wait_all(paths, {i: procs[i] for i in ids}, timeout, "measurement")
-    for i in ids:
-        round_of[i] += 1
-    return results
-
-
-def _hours(train_ips, eval_ips):
-    """Paper profile, one run: 110 epochs of training + validation, one test pass."""
-    seconds = EPOCHS * (TRAIN_IMAGES / train_ips + VAL_IMAGES / eval_ips) + TEST_IMAGES / eval_ips
-    return seconds / 3600
-
-
-def orchestrate(args):
-    sync, procs = tempfile.mkdtemp(prefix="bench-gpu-"), {}
-    try:
-        return _orchestrate(args, sync, procs)
-    finally:  # whatever happened, no worker outlives the benchmark
-        open(os.path.join(sync, "stop"), "w").close()
-        for p in procs.values():
-            try:
-                p.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                p.kill()
-
-
-def _orchestrate(args, sync, procs):
-    wid, model_of, packs = 0, {}, {b: [] for b in PACK}
-    t0 = time.time()
-    workers = len(args.models) + sum(max(args.pack_counts) - 1 for b, p in args.models
-                                      if b in PACK and not p)
-    args.mem_fraction = args.mem_fraction or 0.85 / workers
-    for backbone, plain in args.models:
-        procs[wid], model_of[_key(backbone, plain)] = _spawn(args, sync, wid, backbone, plain), wid
-        if backbone in PACK and not plain:
-            packs[backbone].append(wid)
-        wid += 1
-    for backbone in PACK:
-        while len(packs[backbone]) < max(args.pack_counts):
-            procs[wid] = _spawn(args, sync, wid, backbone, False)
-            packs[backbone].append(wid)
-            wid += 1
-    print(f"{wid} worker processes started; compiling in parallel (logs in {sync})", flush=True)
-    ready = set(_wait_ready(sync, procs, args.warmup_timeout))
-    env = json.load(open(os.path.join(sync, f"ready-{min(ready)}.json")))
-    print(f"{len(ready)} of {wid} warm in {time.time() - t0:.0f} s on {env['device']} "
-          f"({env['backend']})", flush=True)
-    round_of, single, packed = {i: 0 for i in range(wid)}, {}, {}
-    # The packed backbones first, so that a cut-short run still has the packing numbers.
-    order = sorted(model_of, key=lambda k: k.split("-")[0] not in PACK)
-    for n_key, key in enumerate(order):
-        if model_of[key] in ready:
-            single[key] = _measure(sync, [model_of[key]], round_of, procs, args.timeout)[0]
-            print(f"  {key:<28} train {single[key]['train_ips']:8.1f} img/s  "
-                  f"eval {single[key]['eval_ips']:8.1f} img/s", flush=True)
-            _save(args, env, single, packed)
-        if n_key == sum(k.split("-")[0] in PACK for k in order) - 1:
-            _pack(args, sync, packs, ready, round_of, procs, packed)
-            _save(args, env, single, packed)
-    report(args, env, single, packed, time.time() - t0)
-
-
-def _pack(args, sync, packs, ready, round_of, procs, packed):
-    for backbone in PACK:
-        for n in args.pack_counts:
-            ids = packs[backbone][:n]
-            if not set(ids) <= ready:
-                continue
-            res = _measure(sync, ids, round_of, procs, args.timeout)
-            packed[(backbone, n)] = {"sum_ips": sum(r["train_ips"] for r in res),
-                                     "per_run_ips": [r["train_ips"] for r in res],
-                                     "eval_sum_ips": sum(r["eval_ips"] for r in res)}
-            print(f"  packed {n} x {backbone:<10} train {packed[(backbone, n)]['sum_ips']:8.1f} "
-                  f"img/s together ({', '.join(f'{r:.0f}' for r in packed[(backbone, n)]['per_run_ips'])})",
-                  flush=True)
-    try:  # memory each worker process holds on the GPU (informational)
-        out = subprocess.run(["nvidia-smi", "--query-compute-apps=pid,used_memory",
-                              "--format=csv,noheader"], capture_output=True, text=True, timeout=30)
-        print("  GPU memory per process: " + "; ".join(out.stdout.strip().splitlines()), flush=True)
-    except (OSError, subprocess.SubprocessError):
-        pass
-
-
-def _save(args, env, single, packed):
-    if args.out:
-        with open(args.out, "w") as f:
-            json.dump({"env": env, "single": single,
-                       "packed": {f"{b}x{n}": v for (b, n), v in packed.items()}}, f, indent=2)
-
-
-def report(args, env, single, packed, seconds):
-    rows, total = [], 0.0
-    for backbone, plain in args.models:
-        if _key(backbone, plain) not in single:
+    res, last = {"models": {}, "seeds": {}, "bf16": {}, "skipped": []}, 0.0
+    for what, backbone, plain in _plan(args):
+        left = args.budget - (time.time() - args.t0)
+        if left < 1.5 * last:
+            res["skipped"].append(f"{what} {_key(backbone, plain)}")
             continue
-        s = single[_key(backbone, plain)]
-        hours = _hours(s["train_ips"], s["eval_ips"])
-        total += 2 * hours  # CIFAR-10 and CIFAR-100
-        # ResNet-50-5's baseline is plain ResNet-50 (as in Table I).
-        base = single.get(_key("resnet50" if backbone == "resnet50_5" else backbone, True))
-        ratio = None if plain or base is None else s["train_ips"] / base["train_ips"]
-        rows.append((_key(backbone, plain), s["train_ips"], s["eval_ips"], ratio, hours))
-    top = max(args.pack_counts)
-    speed = {b: packed[(b, top)]["sum_ips"] / packed[(b, 1)]["sum_ips"]
-             if (b, top) in packed and (b, 1) in packed else 1.0 for b in PACK}
-    # Packed projection: MobileNet rows at MobileNet's packing gain, the others at ResNet-50's.
-    packed_total = sum(2 * h / speed["mobilenet" if k.startswith("mobilenet") else "resnet50"]
-                       for k, _, _, _, h in rows)
-    print(f"\n{env['device']}, Keras backend {env['backend']}, {args.size} px, batch "
-          f"{args.batch}, eval batch {args.eval_batch}; {seconds:.0f} s in all")
-    print(f"{'model':<28} {'train img/s':>11} {'eval img/s':>10} {'elastic/plain':>13} "
-          f"{'h per run':>9}")
-    for key, tr, ev, ratio, hours in rows:
-        print(f"{key:<28} {tr:11.1f} {ev:10.1f} {'' if ratio is None else f'{ratio:.3f}':>13} "
-              f"{hours:9.2f}")
-    for b in PACK:
-        print(f"packed {b}: " + ", ".join(
-            f"{n} runs {packed[(b, n)]['sum_ips']:.0f} img/s" for n in args.pack_counts
-            if (b, n) in packed)
-            + f" ({top} together / 1 = {speed[b]:.2f})")
-    print(f"Table I ({2 * len(args.models)} runs, paper profile): {total:.1f} h one after "
-          f"another, {packed_total:.1f} h {top} per GPU (projected)")
-    _save(args, env, single, packed)
-    ratios = [r[3] for r in rows if r[3] is not None]
-    print(f"min_ratio={min(ratios):.3f} table1_hours={total:.1f} packed_hours={packed_total:.1f} "
-          f"pack4_mobilenet={speed['mobilenet']:.2f} pack4_resnet50={speed['resnet50']:.2f}")
+        start, key = time.time(), _key(backbone, plain)
+        if what == "model":
+            m = res["models"][key] = measure_model(backbone, plain, args)
+            print(f"[{dev}] {key:<28} train {m['train']['ips']:9.1f} img/s "
+                  f"(spread {m['train']['spread']:.1%})  eval {m['eval']['ips']:9.1f} img/s "
+                  f"(spread {m['eval']['spread']:.1%})  {m['seconds']:.0f} s", flush=True)
+        elif what == "bf16":
+            m = res["bf16"][backbone] = measure_model(backbone, False, args, "mixed_bfloat16")
+            print(f"[{dev}] {key:<28} mixed_bfloat16 train {m['train']['ips']:9.1f} img/s "
+                  f"(spread {m['train']['spread']:.1%})", flush=True)
+        elif keras.backend.backend() != "jax":
+            res["skipped"].append(f"seeds {key} (JAX only)")
+        else:
+            res["seeds"][backbone] = {k: measure_seeds(backbone, k, args) for k in (1, 4)}
+            print(f"[{dev}] {key:<28} seeds in one program: " + ", ".join(
+                f"{k} seed(s) {s['ips']:.1f} img/s (spread {s['spread']:.1%})"
+                for k, s in res["seeds"][backbone].items()), flush=True)
+        last = time.time() - start
+    return res
+
+
+def compare_flags(args, dev, res):
+    """The first models again in a child process with `args.xla_flags` added to XLA_FLAGS:
+    {model: flagged / default training images/s}."""
+    import tempfile
+
+    out = os.path.join(tempfile.mkdtemp(prefix="bench-gpu-"), "flags.json")
+    left = int(args.budget - (time.time() - args.t0))
+    cmd = [sys.executable, os.path.abspath(__file__), "--only", ",".join(FIRST), "--no-extras",
+           "--budget", str(left), "--out", out, "--size", str(args.size), "--classes",
+           str(args.classes), "--window-s", str(args.window_s)]
+    flags = (os.environ.get("XLA_FLAGS", "") + " " + args.xla_flags).strip()
+    subprocess.run(cmd, env={**os.environ, "XLA_FLAGS": flags}, timeout=max(left, 1) + 60,
+                   check=False)
+    if not os.path.exists(out):
+        return {}
+    other = json.load(open(out))["models"]
+    ratios = {k: other[k]["train"]["ips"] / res["models"][k]["train"]["ips"]
+              for k in other if k in res["models"]}
+    for k, r in ratios.items():
+        print(f"[{dev}] XLA_FLAGS += {args.xla_flags!r}: {k} training x{r:.3f}", flush=True)
+    return ratios
+
+
+def report(args, dev, res):
+    """The summary lines and the last line (every line names the device)."""
+    models = res["models"]
+    ratios = {}
+    for key, m in models.items():
+        backbone, kind = key.rsplit("-", 1)
+        base = models.get(_key("resnet50" if backbone == "resnet50_5" else backbone, True))
+        if kind == "elastic" and base:
+            ratios[backbone] = m["train"]["ips"] / base["train"]["ips"]
+    hours = table1(models)
+    seeds = {b: s[4]["ips"] / max(s[1]["ips"], models[_key(b, False)]["train"]["ips"])
+             for b, s in res["seeds"].items() if _key(b, False) in models}
+    bf16 = {b: m["train"]["ips"] / models[_key(b, False)]["train"]["ips"]
+            for b, m in res["bf16"].items() if _key(b, False) in models}
+    for name, h in hours.items():
+        print(f"[{dev}] {name:<36} {h:6.2f} h projected (paper profile, float32, from "
+              f"{args.size} px speeds)")
+    print(f"[{dev}] elastic/plain: " + ", ".join(f"{b} {r:.3f}" for b, r in ratios.items()))
+    print(f"[{dev}] 4 seeds in one program / one seed: "
+          + (", ".join(f"{b} {r:.2f}" for b, r in seeds.items()) or "not measured"))
+    print(f"[{dev}] mixed_bfloat16 / float32 training: "
+          + (", ".join(f"{b} {r:.2f}" for b, r in bf16.items()) or "not measured"))
+    if res["skipped"]:
+        print(f"[{dev}] NOT measured (budget or backend): {', '.join(res['skipped'])}")
+    fmt = lambda v, f: "na" if v is None else format(v, f)  # noqa: E731
+    print(f"min_elastic_over_plain={fmt(min(ratios.values(), default=None), '.3f')} "
+          f"table1_hours_1seed={fmt(sum(hours.values()) if hours else None, '.1f')} "
+          f"seeds4_speedup={fmt(min(seeds.values(), default=None), '.2f')} "
+          f"bf16_speedup={fmt(min(bf16.values(), default=None), '.2f')} "
+          f"runs={len(hours)}/30 device={dev.replace(' ', '_')}")
+
+
+def _environment(args):
+    """The persistent compilation cache, and a refusal of XLA autotuning off."""
+    if "autotune_level=0" in os.environ.get("XLA_FLAGS", ""):
+        raise SystemExit("error: XLA_FLAGS turns GPU autotuning off; it made MobileNet 30 "
+                         "times slower (docs/BENCHMARKS.md): remove it")
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    import keras
+
+    if keras.backend.backend() == "jax":
+        import jax
+
+        jax.config.update("jax_compilation_cache_dir", os.path.expanduser(args.cache))
+        jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+    from elastic_keras.backend.environment import describe
+
+    env = describe()
+    return f"{env['device']}, {env['backend']}"
 
 
 def main(argv=None):
+    from elastic_keras.runs.config import PROTOCOL
+
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
-    p.add_argument("--sync", help=argparse.SUPPRESS)
-    p.add_argument("--id", type=int, default=0, help=argparse.SUPPRESS)
-    p.add_argument("--backbone", help=argparse.SUPPRESS)
-    p.add_argument("--plain", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--only", default=None, help="comma-separated backbones (default: all)")
+    p.add_argument("--budget", type=float, default=480, help="seconds of work at most")
     p.add_argument("--size", type=int, default=224)
-    p.add_argument("--batch", type=int, default=16)
-    p.add_argument("--eval-batch", type=int, default=256)
-    p.add_argument("--steps", type=int, default=150, help="timed training steps per model")
-    p.add_argument("--eval-steps", type=int, default=20, help="timed evaluation batches")
-    p.add_argument("--warmup-timeout", type=float, default=420,
-                   help="seconds for every worker to compile; late ones are left out")
-    p.add_argument("--timeout", type=float, default=180, help="seconds per measurement")
+    p.add_argument("--classes", type=int, default=100,
+                   help="classes of every head (CIFAR-100's; CIFAR-10 runs use the same "
+                        "speed: the heads are a tiny share of the work)")
+    p.add_argument("--batch", type=int, default=PROTOCOL["train"]["batch_size"])
+    p.add_argument("--eval-batch", type=int, default=PROTOCOL["train"]["eval_batch_size"])
+    p.add_argument("--spe", type=int, default=PROTOCOL["train"]["steps_per_execution"],
+                   help="train.steps_per_execution")
+    p.add_argument("--window-s", type=float, default=2.0, help="seconds per training window")
+    p.add_argument("--cache", default="~/.cache/elastic-keras/jax", help="JAX compile cache")
+    p.add_argument("--xla-flags", default=None, help="time the first models again with these")
+    p.add_argument("--no-extras", dest="extras", action="store_false",
+                   help="no seeds or bf16 measurements")
     p.add_argument("--out", default=None, help="also write the numbers as JSON here")
-    p.add_argument("--mem-fraction", type=float, default=None,
-                   help="GPU memory share of each worker (default: 0.85 / workers)")
-    p.add_argument("--no-autotune", action="store_true",
-                   help="XLA GPU autotuning off (faster compiles; slower kernels possible)")
-    p.add_argument("--only", default=None,
-                   help="comma-separated backbones to measure (default: all of Table I)")
-    p.add_argument("--quick", action="store_true",
-                   help="CPU smoke test of the machinery: MobileNet and ResNet-50 at 32 px, "
-                        "few steps, packs of 1 and 2")
+    p.add_argument("--quick", action="store_true", help="CPU check: 32 px, short windows, "
+                   "MobileNet only, 10 classes, eval batch 16, 2 steps per call")
     args = p.parse_args(argv)
-    args.pack_counts = PACK_COUNTS
     if args.quick:
-        args.size, args.steps, args.eval_steps, args.eval_batch = 32, 8, 3, 32
-        args.only, args.pack_counts = args.only or ",".join(PACK), (1, 2)
-    wanted = set(args.only.split(",")) if args.only else None
-    args.models = [(b, p) for b, p in MODELS if wanted is None or b in wanted]
-    return worker(args) if args.worker else orchestrate(args)
+        args.size, args.window_s, args.classes, args.eval_batch, args.spe = 32, 0.1, 10, 16, 2
+        args.only = args.only or "mobilenet"
+    args.only = args.only.split(",") if args.only else None
+    args.t0 = time.time()
+    dev = _environment(args)
+    print(f"[{dev}] {args.size} px, batch {args.batch}, eval batch {args.eval_batch}, "
+          f"{args.spe} steps per call, {args.classes} classes, budget {args.budget:.0f} s",
+          flush=True)
+    res = run_plan(args, dev)
+    if args.xla_flags:
+        res["flags"] = compare_flags(args, dev, res)
+    if args.out:
+        with open(args.out, "w") as f:
+            json.dump({"device": dev, **res}, f, indent=2)
+    report(args, dev, res)
+    return 0
 
 
 if __name__ == "__main__":

@@ -31,3 +31,23 @@ def test_bench_guarantee_runs_small_and_prints_its_last_line(tmp_path):
     assert keys == ["ltt_violation_rate", "ucb_violation_rate", "delta", "crc_mean_risk",
                     "epsilon", "macs_saved"]
     assert "no finished run at" in out.stdout
+
+
+def test_bench_gpu_quick_measures_names_its_device_and_prints_its_last_line():
+    # CPU: MobileNet elastic and plain at 32 px, short windows; no seeds or bf16 here
+    # (the seeds' step is tested in test_seeds_together.py). Every line names the device.
+    out = subprocess.run([sys.executable, os.path.join(REPO, "scripts", "bench_gpu.py"),
+                          "--quick", "--no-extras"], capture_output=True, text=True,
+                         timeout=600)
+    assert out.returncode == 0, out.stderr[-2000:]
+    lines = out.stdout.strip().splitlines()
+    assert re.fullmatch(r"min_elastic_over_plain=\d+\.\d{3} table1_hours_1seed=\d+\.\d "
+                        r"seeds4_speedup=na bf16_speedup=na runs=4/30 device=CPU\S*",
+                        lines[-1]), lines[-1]
+    assert all(line.startswith("[CPU") for line in lines[:-1]), lines
+    assert "mobilenet-plain" in out.stdout and "spread" in out.stdout
+    assert "cifar100-mobilenet-elastic" in out.stdout  # hours per run, from its own speed
+    refused = subprocess.run([sys.executable, os.path.join(REPO, "scripts", "bench_gpu.py"),
+                              "--quick"], capture_output=True, text=True, timeout=600,
+                             env={**os.environ, "XLA_FLAGS": "--xla_gpu_autotune_level=0"})
+    assert refused.returncode != 0 and "autotuning off" in refused.stderr
