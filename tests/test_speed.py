@@ -42,7 +42,7 @@ def _epoch(steps_per_execution):
 
 @pytest.mark.backends
 def test_several_steps_per_call_log_the_same_epoch_as_one():
-    # FIDELITY.md S1: 6 steps an epoch at 4 per call: one full call, one partial, and
+    # FIDELITY.md B7: 6 steps an epoch at 4 per call: one full call, one partial, and
     # the last partial batch; validation's 3 batches likewise.
     (one, w1), (four, w4) = _epoch(1), _epoch(4)
     assert one[0].keys() == four[0].keys() and "val_exit_1_accuracy" in one[0]
