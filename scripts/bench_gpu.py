@@ -136,7 +136,7 @@ def measure_seeds(backbone, k, args):
     import keras
 
     from elastic_keras import build_model
-    from elastic_keras.training.loop import make_trainer
+    from elastic_keras.training.loop import Job, make_trainer
     from elastic_keras.training import stacked
 
     net = build_model(backbone, args.classes, input_size=args.size, weights=None,
@@ -144,9 +144,9 @@ def measure_seeds(backbone, k, args):
     trainer = make_trainer(net, [1.0] * len(net.outputs))
     trainer.compile(optimizer=keras.optimizers.SGD(learning_rate=1e-3, momentum=0.9))
     trainer.optimizer.build(trainer.trainable_variables)
-    job = type("Job", (), {"net": net, "trainer": trainer, "weights": [1.0] * len(net.outputs)})
-    train_step, _ = stacked._compiled_steps(job)
-    state = [stacked._stack([v] * k) for v in (net.trainable_variables,
+    job = Job(None, None, net, trainer, {}, [1.0] * len(net.outputs))
+    train_step, _ = stacked.compiled_steps(job)
+    state = [stacked.stack_values([v] * k) for v in (net.trainable_variables,
                                                net.non_trainable_variables,
                                                trainer.optimizer.variables)]
     x, y = _images(64 * args.batch, args.classes)
@@ -154,7 +154,7 @@ def measure_seeds(backbone, k, args):
     def call(n, stamps):  # synced after every `spe` steps, as Keras' loop is
         for _ in range(n // args.spe):
             data = [_cycle(x, y, args.batch, args.spe)] * k
-            state[:] = stacked._pass(train_step, state, data)[0]
+            state[:] = stacked.run_batches(train_step, state, data)[0]
             stamps.append(time.perf_counter())
 
     out = summary(steady(call, args.spe, args.window_s), args.batch * k)

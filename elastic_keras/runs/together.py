@@ -1,6 +1,9 @@
 """Train the seeds of one config together in one program under JAX, one run directory each."""
 
+from __future__ import annotations
+
 import contextlib
+from typing import Any
 
 from elastic_keras.errors import ElasticKerasError
 
@@ -8,8 +11,9 @@ from elastic_keras.errors import ElasticKerasError
 SEED_KEYS = ("name", "train.seed", "data.seed")
 
 
-def train_seeds_together(configs, run_dirs=None, runs_root="runs", log=print,
-                         allow_cpu=False, wait=True):
+def train_seeds_together(configs: list[dict[str, Any]], run_dirs: list[str] | None = None,
+                         runs_root: str = "runs", log=print, allow_cpu: bool = False,
+                         wait: bool = True) -> list:
     """Train the resolved `configs` (one per seed: only name, train.seed and data.seed
     differ) through one compiled step, each in its own run directory exactly as if trained
     alone (resumed, locked, checkpointed, evaluated once: FIDELITY.md B9).

@@ -1,13 +1,16 @@
 """Seeds in one program (JAX): K seeds of one config trained through one compiled, vmapped step."""
 
+from __future__ import annotations
+
 import time
+from typing import Any, Callable
 
 import numpy as np
 
 from elastic_keras.errors import ElasticKerasError
 
 
-def fit_together(runs, jobs, states, log=print):
+def fit_together(runs: list, jobs: list, states: list, log=print) -> dict[int, str]:
     """Train K runs of one config (seeds differ) together, phase by phase, epoch by epoch;
     return {index: failure message} of the runs that diverged (the others went on).
 
@@ -27,7 +30,7 @@ def fit_together(runs, jobs, states, log=print):
             optimizer = jobs[i].trainer.optimizer
             if not optimizer.built:
                 optimizer.build(jobs[i].trainer.trainable_variables)
-        steps = _compiled_steps(jobs[ids[0]]) if ids else None
+        steps = compiled_steps(jobs[ids[0]]) if ids else None
         while True:
             live = [i for i in ids if i not in failed and not _phase_over(states[i], phase)]
             if not live:
@@ -36,7 +39,7 @@ def fit_together(runs, jobs, states, log=print):
     return failed
 
 
-def _compiled_steps(job):
+def compiled_steps(job: Any) -> tuple[Callable, Callable]:
     """(train step, evaluation step), jitted and vmapped over a leading seed axis."""
     import jax
     import jax.numpy as jnp
@@ -64,20 +67,21 @@ def _compiled_steps(job):
             jax.jit(jax.vmap(eval_one)))
 
 
-def _stack(variable_lists):
+def stack_values(variable_lists: list[list[Any]]) -> list[Any]:
     """[[v_1 .. v_n] per seed] -> [stacked v_1 .. stacked v_n], a leading seed axis."""
     import jax.numpy as jnp
 
     return [jnp.stack([v.value for v in vs]) for vs in zip(*variable_lists)]
 
 
-def _unstack(stacked, variable_lists):
+def unstack_values(stacked: list[Any], variable_lists: list[list[Any]]) -> None:
+    """Write each seed's slice of the stacked values back into its own variables."""
     for k, variables in enumerate(variable_lists):
         for value, var in zip(stacked, variables):
             var.assign(value[k])
 
 
-def _pass(step, state, batches):
+def run_batches(step: Callable, state: list, batches: list) -> tuple[list, Any]:
     """Every batch of the K seeds' `batches` (one Batches each, equal lengths) through
     `step`; returns the new state and the summed per-seed vectors divided by the images."""
     if len({len(b) for b in batches}) != 1 or len({len(b.x) for b in batches}) != 1:
@@ -110,12 +114,12 @@ def _epoch(runs, jobs, states, ids, name, phase, steps, log):
     train = [Batches(j.data.x_train, j.data.y_train, j.cfg["train"]["batch_size"],
                      shuffle=True, seed=j.cfg["train"]["seed"], epoch=e)
              for j, e in zip(sel, epochs)]
-    stacked, sums = _pass(train_step, [_stack(v) for v in lists], train)
+    stacked, sums = run_batches(train_step, [stack_values(v) for v in lists], train)
     train_s = time.time() - start
     val = [Batches(j.data.x_val, j.data.y_val, j.cfg["train"]["eval_batch_size"]) for j in sel]
-    _, val_sums = _pass(eval_step, stacked[:2], val)
+    _, val_sums = run_batches(eval_step, stacked[:2], val)
     for values, variables in zip(stacked, lists):
-        _unstack(values, variables)
+        unstack_values(values, variables)
     times = {"time_s": time.time() - start, "train_s": train_s,
              "val_s": time.time() - start - train_s}
     failed = {}
