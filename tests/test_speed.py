@@ -76,3 +76,14 @@ def test_mixed_bfloat16_computes_in_bf16_and_keeps_outputs_and_loss_float32():
 def test_bad_speed_settings_end_in_one_message(key, value, message):
     with pytest.raises(ElasticKerasError, match=message):
         load_config(None, [("name", "x"), ("model.backbone", "mobilenet"), (key, value)])
+
+
+def test_runs_from_before_these_settings_keep_their_identity():
+    from elastic_keras.runs.rundir import config_diff
+
+    cfg = load_config(None, [("name", "x"), ("model.backbone", "mobilenet")])
+    old = {**cfg, "train": {k: v for k, v in cfg["train"].items()
+                            if k not in ("precision", "steps_per_execution")}}
+    assert config_diff(old, cfg) == []
+    assert config_diff(old, load_config(None, [("name", "x"), ("model.backbone", "mobilenet"),
+                                               ("train.precision", "mixed_bfloat16")]))

@@ -49,7 +49,9 @@ def run_dir_for(cfg: dict[str, Any], runs_root: str = "runs") -> str:
 def _identity(cfg):
     from elastic_keras.runs.config import flatten
 
-    return {k: v for k, v in flatten(cfg).items()
+    # Runs written before train.precision existed trained in float32 (FIDELITY.md B8).
+    flat = {"train.precision": "float32", **flatten(cfg)}
+    return {k: v for k, v in flat.items()
             if k not in _NOT_IDENTITY and not k.startswith("resolved.")}
 
 
