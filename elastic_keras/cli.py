@@ -27,6 +27,10 @@ def _overrides(p):
                    help="run the paper profile even where no GPU is visible")
     p.add_argument("--dry-run", action="store_true",
                    help="print the resolved config(s) as JSON and train nothing")
+    p.add_argument("--seeds", type=int, default=1, metavar="N",
+                   help="N runs of each config, seeds 0..N-1 (seed 0: the run as it is; "
+                        "seed s: its own run directory NAME-seedS); tables give mean and 95%% "
+                        "interval over seeds")
 
 
 def _describe(sub):
@@ -64,7 +68,8 @@ def _reproduce(sub):
     from elastic_keras.sweep.launchers import LAUNCHERS
 
     r = sub.add_parser("reproduce", help="train every unfinished run of a table, then write it")
-    r.add_argument("table", choices=("table1", "table2"))
+    r.add_argument("table", choices=("table1", "table2", "methods"),
+                   help="methods: the papers' loss weightings compared on one backbone")
     _setting(r)
     r.add_argument("--data", default=None, choices=DATASETS,
                    help="replace each cell's dataset (synthetic keeps its class count; digits "
@@ -75,6 +80,8 @@ def _reproduce(sub):
     r.add_argument("--runs", default=None,
                    help="comma-separated run names or backbones (default: the whole table)")
     r.add_argument("--out", default="results")
+    r.add_argument("--backbone", default="mobilenet",
+                   help="methods: the backbone whose elastic run each scheme varies")
     r.add_argument("--launcher", default="local", choices=LAUNCHERS,
                    help="local: one run after another here; ray: Ray tasks (a local Ray, or "
                         "the cluster RAY_ADDRESS names)")
@@ -121,6 +128,9 @@ def _report(sub):
                    help="x-axis: MACs, or measured ms per image from latency.csv")
     g.add_argument("--latency", default=None,
                    help="latency.csv to use (default: the one in RUN/export-*/)")
+    g.add_argument("--seeds", type=int, default=1, metavar="N",
+                   help="a run and its seeds 1..N-1: also their band over seeds and the area "
+                        "under each curve (budget-seeds.csv/png)")
     g.set_defaults(func=C.cmd_budget)
     _calibrate(sub)
     p = sub.add_parser("plot", help="loss and accuracy of every exit of a run, as a PNG")

@@ -47,12 +47,26 @@ def cmd_train(args):
     from elastic_keras.runs.config import load_config
     from elastic_keras.runs.train import train
 
+    from elastic_keras.runs.seeds import seed_configs
+
     cfg = load_config(args.config, args.set, profile=args.profile, protocol=args.protocol)
+    configs = seed_configs(cfg, args.seeds)
     if args.dry_run:
-        print(json.dumps(cfg, indent=2))
+        print(json.dumps(cfg if len(configs) == 1 else configs, indent=2))
         return 0
-    train(cfg, runs_root=args.runs_root, run_dir=args.run_dir, allow_cpu=args.allow_cpu)
-    return 0
+    if len(configs) == 1:
+        train(cfg, runs_root=args.runs_root, run_dir=args.run_dir, allow_cpu=args.allow_cpu)
+        return 0
+    if args.run_dir:
+        raise ElasticKerasError("--run-dir names one run; with --seeds each seed has its own "
+                                "(leave --run-dir out)")
+    from elastic_keras.sweep.launchers import make_launcher
+
+    failures = make_launcher("local", profile=cfg["profile"])(
+        configs, runs_root=args.runs_root, allow_cpu=args.allow_cpu)
+    for name, message in failures:
+        print(f"failed {name}: {message}")
+    return 1 if failures else 0
 
 
 def cmd_evaluate(args):
@@ -72,6 +86,7 @@ def cmd_reproduce(args):
         args.table, profile=args.profile, protocol=args.protocol, data=args.data,
         data_dir=args.data_dir, weights=args.weights, runs=args.runs, runs_root=args.runs_root,
         out_dir=args.out, extra=args.set, allow_cpu=args.allow_cpu, dry_run=args.dry_run,
+        seeds=args.seeds, backbone=args.backbone,
         launcher=make_launcher(args.launcher, args.gpus_per_run, args.cpus_per_run,
                                args.profile, args.allow_cpu))
     for key, (csv_path, md_path) in written.items():
@@ -140,9 +155,18 @@ def cmd_budget(args):
     """Accuracy against average MACs of exit cascades, for a run or every run under a folder."""
     from elastic_keras.report.budget import budget_path
 
-    budget_path(args.path, criterion=args.criterion, n_thresholds=args.n_thresholds,
-                batch_size=args.batch_size, convention=args.macs_convention, out_dir=args.out,
-                cost=args.cost, latency=args.latency)
+    options = dict(criterion=args.criterion, n_thresholds=args.n_thresholds,
+                   batch_size=args.batch_size, convention=args.macs_convention)
+    from elastic_keras.runs.seeds import check_seeds
+
+    if check_seeds(args.seeds) > 1:
+        if args.cost != "macs":
+            raise ElasticKerasError("--seeds draws the band over MACs; leave --cost out")
+        from elastic_keras.report.budget import budget_seeds
+
+        budget_seeds(args.path, args.seeds, out_dir=args.out, **options)
+        return 0
+    budget_path(args.path, out_dir=args.out, cost=args.cost, latency=args.latency, **options)
     return 0
 
 

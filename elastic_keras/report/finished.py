@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 
 from elastic_keras.errors import ElasticKerasError
 from elastic_keras.runs import rundir
-from elastic_keras.runs.names import RunName, Setting
+from elastic_keras.runs.names import RunName, Setting, seed_name
 
 MISSING, UNFINISHED, FINISHED = "missing", "unfinished", "finished"
 
@@ -46,6 +46,13 @@ class Runs:
                 raise ElasticKerasError(
                     f"{path}: results.json says {key} {res[key]!r}, but the table is for "
                     f"{key} {want!r}; move the run or pass the matching options")
+
+    def seeds_of(self, dataset, name, seeds, exit_kind="final"):
+        """{seed: test error} of the finished seeds 0..seeds-1 of a cell's run (seed s > 0
+        in `<name>-seed<s>`: FIDELITY.md R10); unfinished seeds are left out."""
+        found = {s: error_at(self.get(dataset, seed_name(name, s)), exit_kind)
+                 for s in range(seeds)}
+        return {s: e for s, e in found.items() if not math.isnan(e)}
 
     def environments(self, names):
         """'backend / device' of the finished runs among `names` ('' when none)."""

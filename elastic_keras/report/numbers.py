@@ -42,3 +42,12 @@ def pct(x: Any) -> str:
 
 def text(x: Any) -> str:
     return BLANK if missing(x) else str(x)
+
+
+def interval(mean: Any, half: Any, n: int, decimals: int, sign: bool = False) -> str:
+    """A mean over seeds with its 95% interval: '2.50 ± 0.31 (n=2)'; 'mean (n=1)' where one
+    seed gives no interval; BLANK where none finished."""
+    if not n or missing(mean):
+        return BLANK
+    m = signed(mean, decimals) if sign else fmt(mean, decimals)
+    return f"{m} (n={n})" if missing(half) else f"{m} ± {fmt(half, decimals)} (n={n})"

@@ -5,7 +5,7 @@ import os
 from elastic_keras import files
 from elastic_keras.report import tables
 from elastic_keras.report.finished import FINISHED, Runs
-from elastic_keras.report.numbers import BLANK, fmt, signed
+from elastic_keras.report.numbers import BLANK, fmt, interval, missing, signed
 from elastic_keras.errors import ElasticKerasError
 
 TITLES = {"cifar10": "CIFAR-10", "cifar100": "CIFAR-100"}
@@ -24,7 +24,7 @@ def _decimals(column):
     if column.endswith(("_mark", "_source")) or column in (
             "setting", "dataset", "model", "backbone", "environment", "counts_source"):
         return None
-    return 0 if column.startswith("conv_layers") else 2
+    return 0 if column.startswith("conv_layers") or column.endswith("_n") else 2
 
 
 def csv_text(rows):
@@ -68,10 +68,42 @@ def _md_table(header, rows):
     return out + ["| " + " | ".join(r) + " |" for r in rows]
 
 
+ZERO = "⁰"  # a difference whose 95% interval contains 0 (FIDELITY.md G17)
+SEEDS_NOTE = (
+    "Over seeds: each number is the mean of the finished seeds with the half-width of its "
+    "95% Student-t interval (t quantile with n − 1 degrees of freedom × sample standard "
+    "deviation / √n) and n. Improvement and with − without are taken per seed pair (the runs "
+    "with and without exits of the same seed), then averaged; Δ = mean − paper, with the "
+    f"interval of the mean. {ZERO}: the difference's interval contains 0.")
+
+
+def _zero(mean, half):
+    return ZERO if not missing(half) and abs(mean) <= half else ""
+
+
+def _number(r, col, d, sign=False):
+    """A number, or over seeds (its `_n` column present) the mean ± half-width (n)."""
+    if f"{col}_n" not in r:
+        return signed(r[col], d) if sign else fmt(r[col], d, BLANK)
+    text = interval(r[col], r[f"{col}_ci95"], r[f"{col}_n"], d, sign)
+    return text + (_zero(r[col], r[f"{col}_ci95"]) if sign else "")
+
+
+def _diff(r, col, d):
+    """Ours − paper; over seeds with the interval of our mean."""
+    half = r.get(f"{col}_ci95")
+    if half is None or missing(r[f"{col}_diff"]) or missing(half):
+        return signed(r[f"{col}_diff"], d)
+    return f"{signed(r[f'{col}_diff'], d)} ± {fmt(half, d)}{_zero(r[f'{col}_diff'], half)}"
+
+
 def table1_markdown(rows, like, runs):
-    """Table I: one sub-table per dataset, ours / paper / Δ; the like-with-like list."""
+    """Table I: one sub-table per dataset, ours / paper / Δ; the like-with-like list. Over
+    seeds (FIDELITY.md G16) each of ours is a mean with its interval, and a column gives
+    with − without per seed pair."""
     lines = _header("Table I: final-exit test error (%) without and with exits", runs)
     groups = [ds for ds in tables.TABLE1_DATASETS if rows and f"{ds}_with" in rows[0]]
+    seeded = bool(rows) and any(k.endswith("_n") for k in rows[0])
     used = set()
     for ds in groups:
         lines += [f"## {TITLES[ds]}", ""]
@@ -83,11 +115,13 @@ def table1_markdown(rows, like, runs):
             for key, d in (("without", 2), ("with", 2), ("improvement_pct", 1)):
                 mark = r.get(f"{ds}_{key}_mark", "")
                 used |= set(mark)
-                cells += [fmt(r[f"{ds}_{key}"], d, BLANK),
+                cells += [_number(r, f"{ds}_{key}", d),
                           fmt(r[f"{ds}_{key}_paper"], d, BLANK) + "".join(MARKS[m] for m in mark),
-                          signed(r[f"{ds}_{key}_diff"], d)]
-            body.append(cells)
-        lines += _md_table(header, body) + [""]
+                          _diff(r, f"{ds}_{key}", d)]
+            body.append(cells + ([_number(r, f"{ds}_with_minus_without", 2, sign=True)]
+                                 if seeded else []))
+        lines += _md_table(header + (["with − without"] if seeded else []), body) + [""]
+    lines += [SEEDS_NOTE, ""] if seeded else []
     lines += [LEGEND[m] for m in "ap?" if m in used] + ([""] if used else [])
     lines += ["Improvement = (without − with) / without, in %, from our unrounded errors (the "
               "paper's definition). ResNet-50-5's \"without\" is the plain ResNet-50 run, as "
@@ -130,7 +164,7 @@ def table2_markdown(rows, runs):
 
 
 def write_tables(runs_root, setting, out_dir="results", selected=None,
-                 which=("table1", "table2"), compute_missing=False):
+                 which=("table1", "table2"), compute_missing=False, seeds=1):
     """Write <out>/<prefix>table1.{csv,md} and table2.{csv,md} atomically; return
     {key: (csv path, md path)} and the like-with-like list. Only finished runs are read;
     `selected` (run names) limits Table I to the rows and groups that hold them."""
@@ -141,7 +175,7 @@ def write_tables(runs_root, setting, out_dir="results", selected=None,
     pre, written, like, t2 = setting.prefix, {}, [], []
     if "table1" in which:
         runs = Runs(runs_root, setting)
-        rows, like = tables.table1(runs, selected)
+        rows, like = tables.table1(runs, selected, seeds)
         written["table1"] = _write(out_dir, pre + "table1", rows,
                                    table1_markdown(rows, like, runs))
     if "table2" in which:

@@ -6,8 +6,8 @@ from dataclasses import dataclass
 from elastic_keras.report import paper
 from elastic_keras.runs.config import PROTOCOLS
 from elastic_keras.errors import ElasticKerasError
-from elastic_keras.report.finished import error_at
-from elastic_keras.runs.names import CIFAR_SETS, RunName
+from elastic_keras.report.intervals import interval, paired
+from elastic_keras.runs.names import CIFAR_SETS, RunName, seed_name
 
 TABLE1_DATASETS = CIFAR_SETS  # Table I's column groups, in the paper's order
 
@@ -83,22 +83,48 @@ def _source_run(src, protocol):
     return run_name(src["dataset"], backbone, src["column"] == "without")
 
 
-def _cell(row, ds, key, runs, src, selected):
-    """Ours, the paper's, their difference (like with like only), and the paper's mark."""
+def _cell(row, ds, key, runs, src, selected, seeds):
+    """Ours ({seed: error} and their interval), the paper's, their difference (like with
+    like only), and the paper's mark."""
     backbone, plain = (row.baseline, True) if key == "without" else (row.backbone, False)
     name = run_name(ds, backbone, plain)
-    ours = error_at(runs.get(ds, name), "final") if name in selected else math.nan
+    per_seed = runs.seeds_of(ds, name, seeds) if name in selected else {}
+    ours = interval(per_seed.values())
     matches = _source_run(src, runs.protocol)
     marks = ("a" if matches not in (None, name) else "") + \
         {"penultimate": "p", "unknown": "?"}.get(src["exit"], "")
-    diff = ours - src["paper"] if not marks else math.nan
-    return name, ours, src["paper"], diff, marks
+    diff = ours.mean - src["paper"] if not marks else math.nan
+    return per_seed, ours, src["paper"], diff, marks
 
 
-def table1(runs, selected=None):
+def _group(out, row, ds, runs, sources, printed, selected, seeds):
+    """The columns of one dataset group of a row; with seeds > 1 also each number's 95%
+    interval and n, and the improvement and with - without per seed pair (FIDELITY.md G17)."""
+    errors = {}
+    for key in ("without", "with"):
+        errors[key], ours, theirs, diff, mark = _cell(
+            row, ds, key, runs, sources[(row.paper_model, ds, key)], selected, seeds)
+        out.update({f"{ds}_{key}": ours.mean, f"{ds}_{key}_paper": theirs,
+                    f"{ds}_{key}_diff": diff, f"{ds}_{key}_mark": mark})
+        if seeds > 1:
+            out.update({f"{ds}_{key}_ci95": ours.half, f"{ds}_{key}_n": ours.n})
+    imp = paired(errors["without"], errors["with"], improvement_pct)
+    imp_paper = printed[row.paper_model][f"{ds}_improvement_pct"]
+    like = not out[f"{ds}_without_mark"] and not out[f"{ds}_with_mark"]
+    out.update({f"{ds}_improvement_pct": imp.mean, f"{ds}_improvement_pct_paper": imp_paper,
+                f"{ds}_improvement_pct_diff": imp.mean - imp_paper if like else math.nan})
+    if seeds > 1:
+        gap = paired(errors["without"], errors["with"], lambda without, with_: with_ - without)
+        out.update({f"{ds}_improvement_pct_ci95": imp.half, f"{ds}_improvement_pct_n": imp.n,
+                    f"{ds}_with_minus_without": gap.mean, f"{ds}_with_minus_without_ci95":
+                    gap.half, f"{ds}_with_minus_without_n": gap.n})
+
+
+def table1(runs, selected=None, seeds=1):
     """Table I (paper section IV-B) from `runs` (a Runs): final-exit test error without and
     with exits, improvement, the paper's numbers and marks; rows and dataset groups that
-    hold no `selected` run are left out (FIDELITY.md G9). Returns (rows, like-with-like
+    hold no `selected` run are left out (FIDELITY.md G9). With seeds > 1 each number is the
+    mean over the finished seeds with its 95% interval. Returns (rows, like-with-like
     comparisons)."""
     sources = {(s["model"], s["dataset"], s["column"]): s for s in paper.table1_sources()}
     printed = paper.table1()
@@ -113,26 +139,19 @@ def table1(runs, selected=None):
         out = {"setting": runs.setting.folder, "dataset": runs.setting.data or "/".join(groups),
                "model": row.model, "backbone": row.backbone}
         for ds in groups:
-            for key in ("without", "with"):
-                name, ours, theirs, diff, mark = _cell(
-                    row, ds, key, runs, sources[(row.paper_model, ds, key)], selected)
-                out.update({f"{ds}_{key}": ours, f"{ds}_{key}_paper": theirs,
-                            f"{ds}_{key}_diff": diff, f"{ds}_{key}_mark": mark})
-            imp = improvement_pct(out[f"{ds}_without"], out[f"{ds}_with"])
-            imp_paper = printed[row.paper_model][f"{ds}_improvement_pct"]
-            like = not out[f"{ds}_without_mark"] and not out[f"{ds}_with_mark"]
-            out.update({f"{ds}_improvement_pct": imp, f"{ds}_improvement_pct_paper": imp_paper,
-                        f"{ds}_improvement_pct_diff": imp - imp_paper if like else math.nan})
-        out["environment"] = runs.environments(names)
+            _group(out, row, ds, runs, sources, printed, selected, seeds)
+        out["environment"] = runs.environments([seed_name(n, s) for n in names
+                                                for s in range(seeds)])
         rows.append(out)
     shown = {r["model"] for r in rows}
     return rows, like_with_like(runs, selected, groups,
-                                {row.paper_model for row in TABLE1_ROWS if row.model in shown})
+                                {row.paper_model for row in TABLE1_ROWS if row.model in shown},
+                                seeds)
 
 
-def like_with_like(runs, selected, groups, models):
+def like_with_like(runs, selected, groups, models, seeds=1):
     """Each paper number of Table I (of the `models` shown) beside the run and exit of ours
-    it was measured on."""
+    it was measured on (the mean over its finished seeds)."""
     found = []
     for src in paper.table1_sources():
         name = _source_run(src, runs.protocol)
@@ -141,9 +160,9 @@ def like_with_like(runs, selected, groups, models):
         if name is None or name not in selected:
             status, ours = "no matching run in this table", math.nan
         else:
-            results = runs.get(src["dataset"], name)
+            exit_kind = "penultimate" if src["exit"] == "penultimate" else "final"
+            ours = interval(runs.seeds_of(src["dataset"], name, seeds, exit_kind).values()).mean
             status = runs.seen[name][0]
-            ours = error_at(results, "penultimate" if src["exit"] == "penultimate" else "final")
         found.append({**src, "ours_run": name or "", "ours": ours, "status": status,
                       "diff": ours - src["paper"]})
     return found

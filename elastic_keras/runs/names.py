@@ -4,7 +4,7 @@ the folders they name. The one place a run's or a setting's folder name is compu
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from elastic_keras.errors import ElasticKerasError
@@ -85,24 +85,62 @@ def data_label(dataset: str, cell_dataset: str) -> str:
         else dataset
 
 
+SEED_PREFIX = "seed"  # seed s > 0 of a run lives in <name>-seed<s> (FIDELITY.md R10)
+
+
+def seed_name(name: str, seed: int) -> str:
+    """The run name of seed `seed` of the run `name`: seed 0 is the run itself (so finished
+    runs are reused), seed s > 0 is `<name>-seed<s>` (FIDELITY.md R10)."""
+    return name if seed == 0 else f"{name}-{SEED_PREFIX}{seed}"
+
+
+def split_seed(name: str) -> tuple[str, int]:
+    """(the run name without its seed suffix, the seed): the inverse of `seed_name`."""
+    head, _, tail = name.rpartition("-")
+    digits = tail.removeprefix(SEED_PREFIX)
+    if head and tail.startswith(SEED_PREFIX) and digits.isdigit() and int(digits) > 0 \
+            and str(int(digits)) == digits:
+        return head, int(digits)
+    return name, 0
+
+
+def method_run(name: str, method: str) -> str:
+    """The run of loss scheme `method` on the Table I elastic run `name` (reproduce methods):
+    `uniform` is that run itself (same config, so shared), any other `<name>-<method>`."""
+    return name if method == "uniform" else str(RunName.parse(name).with_method(method))
+
+
 @dataclass(frozen=True)
 class RunName:
-    """A run (and table cell) name: <dataset>-<backbone>-<elastic|plain>."""
+    """A run (and table cell) name: <dataset>-<backbone>-<elastic|plain>, then the loss
+    scheme of a methods run (`-auxnet`; none: the table's own run) and the seed (`-seed2`;
+    none: seed 0)."""
 
     dataset: str
     backbone: str
     plain: bool = False
+    method: str = ""
+    seed: int = 0
 
     def __str__(self) -> str:
-        return f"{self.dataset}-{self.backbone}-{'plain' if self.plain else 'elastic'}"
+        base = f"{self.dataset}-{self.backbone}-{'plain' if self.plain else 'elastic'}"
+        return seed_name(base + (f"-{self.method}" if self.method else ""), self.seed)
 
     def on(self, dataset: str) -> RunName:
-        return RunName(dataset, self.backbone, self.plain)
+        return replace(self, dataset=dataset)
+
+    def with_seed(self, seed: int) -> RunName:
+        return replace(self, seed=seed)
+
+    def with_method(self, method: str) -> RunName:
+        return replace(self, method=method)
 
     @classmethod
     def parse(cls, text: str) -> RunName:
-        parts = text.split("-")
+        rest, seed = split_seed(text)
+        parts = rest.split("-")
+        method = parts.pop() if len(parts) > 3 and parts[-2] in ("elastic", "plain") else ""
         if len(parts) < 3 or parts[-1] not in ("elastic", "plain") or not all(parts):
             raise ElasticKerasError(f"{text!r} is not a run name "
-                                    "(<dataset>-<backbone>-elastic|plain)")
-        return cls(parts[0], "-".join(parts[1:-1]), parts[-1] == "plain")
+                                    "(<dataset>-<backbone>-elastic|plain[-method][-seedN])")
+        return cls(parts[0], "-".join(parts[1:-1]), parts[-1] == "plain", method, seed)

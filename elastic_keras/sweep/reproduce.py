@@ -51,17 +51,30 @@ def run_configs(table, profile="paper", protocol="paper", data=None, data_dir=No
     return configs, skipped
 
 
+def table_configs(table, seeds=1, backbone="mobilenet", **options):
+    """Resolved configs of a table's runs, every seed (seed-major: every cell's seed 0
+    first, so a sweep cut short leaves whole seeds), and the cells skipped."""
+    from elastic_keras.runs.seeds import seed_configs
+    from elastic_keras.sweep.methods import method_configs
+
+    configs, skipped = (method_configs(backbone=backbone, **options) if table == "methods"
+                        else run_configs(table, **options))
+    expanded = [seed_configs(cfg, seeds) for cfg in configs]
+    return [e[s] for s in range(len(expanded[0]) if expanded else 0) for e in expanded], skipped
+
+
 def reproduce(table, profile="paper", protocol="paper", data=None, data_dir=None, weights=None,
               runs=None, runs_root="runs", out_dir="results", extra=(), allow_cpu=False,
-              dry_run=False, launcher=None, log=print):
+              dry_run=False, launcher=None, log=print, seeds=1, backbone="mobilenet"):
     """Train what is not finished (resuming partial runs) with `launcher` (local: one after
     another in this process), then write the tables once. A failing run fails alone; the
     summary names the failures. Returns (written tables, [(name, message)] failures)."""
     from elastic_keras.sweep.launchers import local_launcher
-    from elastic_keras.report.render import write_tables
 
-    configs, skipped = run_configs(table, profile, protocol, data, data_dir, weights, runs,
-                                   extra)
+    configs, skipped = table_configs(
+        table, seeds, backbone, profile=profile, protocol=protocol, data=data,
+        data_dir=data_dir, weights=weights, extra=extra,
+        **({} if table == "methods" else {"runs": runs}))
     for name in skipped:
         log(f"skip {name}: dataset {data} has 10 classes, this cell needs more")
     if dry_run:
@@ -78,7 +91,22 @@ def reproduce(table, profile="paper", protocol="paper", data=None, data_dir=None
         + (f"; {len(failures)} failed: " + ", ".join(n for n, _ in failures) if failures else ""))
     for name, message in failures:
         log(f"    {name}: {message}")
+    return _write(table, setting, runs_root, out_dir, skipped, runs, protocol, seeds,
+                  backbone), failures
+
+
+def _write(table, setting, runs_root, out_dir, skipped, runs, protocol, seeds, backbone):
+    """The tables of the sweep, written once after every run has ended."""
+    if table == "methods":
+        from elastic_keras.report.methods import write_methods
+        from elastic_keras.sweep.methods import SCHEME_LABELS, method_cells
+
+        cells = [c for c in method_cells(backbone) if c not in skipped]
+        return {"methods": write_methods(runs_root, setting, out_dir, cells, SCHEME_LABELS,
+                                         seeds)}
+    from elastic_keras.report.render import write_tables
+
     cells = [n for n in select(table, runs, protocol) if n not in skipped]
     which = [t for t in ("table1", "table2") if t == table or set(cells) & set(table_runs(t))]
-    written, _, _ = write_tables(runs_root, setting, out_dir, selected=cells, which=which)
-    return written, failures
+    return write_tables(runs_root, setting, out_dir, selected=cells, which=which,
+                        seeds=seeds)[0]
