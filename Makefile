@@ -35,17 +35,23 @@ DATA_DIR ?=
 WEIGHTS ?=
 RUNS    ?=
 ALLOW_CPU ?=
+# SEEDS=N: N runs of each cell (seeds 0..N-1; seed 0 is the run as it is); tables give each
+# number's mean and 95% interval. BACKBONE: the backbone of reproduce-methods (mobilenet).
+SEEDS   ?=
+BACKBONE ?=
 
 export TF_CPP_MIN_LOG_LEVEL ?= 3
 
 .PHONY: install install-ray install-export test test-all demo reproduce-table1 reproduce-table2 tables \
+        reproduce-methods \
         figure3 budget reproduce-bai-table2 bench clean
 
 REPRO_ARGS = --profile $(or $(PROFILE),paper) $(if $(PROTOCOL),--protocol $(PROTOCOL)) \
              $(if $(DATA),--data $(DATA)) $(if $(DATA_DIR),--data-dir $(DATA_DIR)) \
              $(if $(WEIGHTS),--weights $(WEIGHTS)) $(if $(RUNS),--runs $(RUNS)) \
              $(if $(ALLOW_CPU),--allow-cpu) $(if $(LAUNCHER),--launcher $(LAUNCHER)) \
-             $(if $(GPUS_PER_RUN),--gpus-per-run $(GPUS_PER_RUN))
+             $(if $(GPUS_PER_RUN),--gpus-per-run $(GPUS_PER_RUN)) \
+             $(if $(SEEDS),--seeds $(SEEDS))
 SETTING_ARGS = $(if $(PROFILE),--profile $(PROFILE)) $(if $(PROTOCOL),--protocol $(PROTOCOL)) \
                $(if $(DATA),--data $(DATA))
 
@@ -57,10 +63,11 @@ DEMO_RUN := runs/demo/digits/digits-mobilenet-elastic
 CAL     := $(VENV)/.installed-calibration
 demo: $(STAMP) $(CAL)
 	$(EK) reproduce table1 --profile demo --data digits --runs mobilenet,densenet121 \
-	    --out results/demo
+	    --out results/demo $(if $(SEEDS),--seeds $(SEEDS))
 	$(EK) plot $(DEMO_RUN) --out results/demo/loss_curves.png
 	$(EK) calibrate $(DEMO_RUN) --epsilon 0.02 --delta 0.1
 	$(EK) budget $(DEMO_RUN) --out results/demo
+	$(if $(SEEDS),$(EK) budget $(DEMO_RUN) --out results/demo --seeds $(SEEDS))
 	@echo "demo results: results/demo/ (demo profile on digits: NOT a reproduction);"
 	@echo "certified threshold, temperatures: $(DEMO_RUN)/calibration.json (what it certifies: above)"
 
@@ -72,9 +79,15 @@ reproduce-table1: $(STAMP) $(if $(filter ray,$(LAUNCHER)),$(RAY))
 reproduce-table2: $(STAMP) $(if $(filter ray,$(LAUNCHER)),$(RAY))
 	$(EK) reproduce table2 $(REPRO_ARGS)
 
+# The papers' loss weightings compared (uniform, Bai et al., AuxNet's gamma and multi-way
+# backprop, heads only) on one backbone per dataset: results/[PREFIX]methods.{csv,md,png}.
+# Offline: make reproduce-methods PROFILE=demo DATA=digits SEEDS=3.
+reproduce-methods: $(STAMP) $(if $(filter ray,$(LAUNCHER)),$(RAY))
+	$(EK) reproduce methods $(REPRO_ARGS) $(if $(BACKBONE),--backbone $(BACKBONE))
+
 # The tables again from the finished runs; CHECK=1.0 fails when ours differ from the paper's.
 tables: $(STAMP)
-	$(EK) tables $(SETTING_ARGS) $(if $(CHECK),--check $(CHECK))
+	$(EK) tables $(SETTING_ARGS) $(if $(CHECK),--check $(CHECK)) $(if $(SEEDS),--seeds $(SEEDS))
 
 # Figure 3 from the CIFAR-10 DenseNet-121 runs' histories (profile/data of the last
 # reproduce unless PROFILE/DATA are given).

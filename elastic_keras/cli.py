@@ -105,6 +105,8 @@ def _report(sub):
     t.add_argument("--check", type=float, default=None, metavar="TOL",
                    help="exit 1 when a test error of ours differs from the paper's by more "
                         "than TOL points")
+    t.add_argument("--seeds", type=int, default=1, metavar="N",
+                   help="read seeds 0..N-1 of each cell: mean and 95%% interval over seeds")
     t.set_defaults(func=C.cmd_tables)
     f = sub.add_parser("figure3", help="Figure 3: loss curves of the CIFAR-10 DenseNet-121 runs")
     _setting(f, profile_default=None)

@@ -103,7 +103,7 @@ def cmd_tables(args):
     from elastic_keras.report.tables import check
 
     written, like, t2 = write_tables(args.runs_root, _last_setting(args), args.out,
-                                     compute_missing=args.compute_missing)
+                                     compute_missing=args.compute_missing, seeds=args.seeds)
     for csv_path, md_path in written.values():
         print(f"wrote {csv_path} and {md_path}")
     if args.check is None:

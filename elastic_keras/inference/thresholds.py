@@ -141,3 +141,20 @@ def _outcome(pred, y, taken, costs):
     right = pred[taken, np.arange(len(y))] == y
     frac = np.bincount(taken, minlength=len(pred)) / len(y)
     return float(right.mean()), float(costs[taken].mean()), frac
+
+
+def normalised_auc(rows):
+    """Area under a run's cascade curve, test accuracy against x = MACs per image / the final
+    exit's MACs, over x in [0, 1]: accuracy 0 below the cheapest cascade point (nothing is
+    answered there), linear between points, cut at x = 1. One number per run in [0, 1] that
+    says how good its early exits are (FIDELITY.md I11)."""
+    pts = sorted((float(r["macs_fraction"]), float(r["test_accuracy"])) for r in rows
+                 if r["kind"] == "cascade")
+    if not pts:
+        raise ElasticKerasError("normalised_auc: no cascade rows")
+    x, y = np.array([p[0] for p in pts]), np.array([p[1] for p in pts])
+    if x[0] >= 1.0:
+        return 0.0
+    keep = x < 1.0
+    x, y = np.append(x[keep], 1.0), np.append(y[keep], np.interp(1.0, x, y))
+    return float(np.sum((x[1:] - x[:-1]) * (y[1:] + y[:-1]) / 2.0))

@@ -8,12 +8,16 @@ from typing import Any
 from elastic_keras import files
 from elastic_keras.errors import ElasticKerasError
 from elastic_keras.inference.calibration import read_calibration
-from elastic_keras.inference.thresholds import BUDGET_COLUMNS, CERTIFIED, budget_sweep
+from elastic_keras.inference.thresholds import (BUDGET_COLUMNS, CERTIFIED, budget_sweep,
+                                                normalised_auc)
 from elastic_keras.report.plots import new_figure, save_figure
+from elastic_keras.report.intervals import interval
+from elastic_keras.runs.names import seed_name
 from elastic_keras.runs.rundir import RunDir, find_runs, open_run
 from elastic_keras.training.state import EVALUATED
 
 BUDGET_CSV, BUDGET_PNG = "budget.csv", "budget.png"
+SEEDS_CSV, SEEDS_PNG = "budget-seeds.csv", "budget-seeds.png"
 
 
 def write_budget(csv_path: str, png_path: str, rows: list[dict[str, Any]], title: str,
@@ -130,3 +134,79 @@ def budget_path(path: str, log=print, **options: Any) -> int:
     log(f"budget: {len(done)} finished run(s) under {path}"
         + ("" if done else "; train and evaluate some first"))
     return len(done)
+
+
+def budget_rows(run: RunDir, log=print, **options: Any) -> list[dict[str, Any]]:
+    """The budget rows of a finished run: its budget.csv when written with the same
+    criterion (default options), else computed (and written) now."""
+    import csv
+
+    path = run.output(BUDGET_CSV)
+    criterion = options.get("criterion", "max_prob")
+    if os.path.isfile(path) and set(options) <= {"criterion"}:
+        with open(path, encoding="utf-8", newline="") as f:
+            rows = list(csv.DictReader(f))
+        if rows and {r["criterion"] for r in rows if r["kind"] == "cascade"} == {criterion}:
+            return rows
+    return budget_run(run, log=log, **options)
+
+
+def budget_seeds(path: str, seeds: int, out_dir: str | None = None, log=print,
+                 **options: Any) -> dict[str, Any]:
+    """A run (seed 0, `path`) and its seeds 1..seeds-1 (`<path>-seed<s>`): each one's budget,
+    their mean curve with a 95% band over seeds, and each one's normalised area under its
+    curve with the interval over seeds (budget-seeds.csv/png in `out_dir`, default the
+    folder of the runs; FIDELITY.md I11). Unfinished seeds are named and left out."""
+    parent, name = os.path.split(os.path.normpath(path))
+    found = {}
+    for s in range(seeds):
+        run = RunDir(os.path.join(parent, seed_name(name, s)))
+        if run.exists and run.finished:
+            found[s] = budget_rows(run, log=log, **options)
+        else:
+            log(f"skip seed {s} ({run.dir}): not finished ({run.status})")
+    if not found:
+        raise ElasticKerasError(f"no finished seed of {path}; train them first")
+    aucs = {s: normalised_auc(rows) for s, rows in found.items()}
+    auc = interval(aucs.values())
+    out = out_dir or parent
+    rows = [{"run": seed_name(name, s), "seed": s, "auc": a} for s, a in aucs.items()]
+    rows.append({"run": name, "seed": "mean", "auc": auc.mean, "auc_ci95": auc.half,
+                 "n": auc.n})
+    csv_path, png_path = os.path.join(out, SEEDS_CSV), os.path.join(out, SEEDS_PNG)
+    files.write_csv(csv_path, ["run", "seed", "auc", "auc_ci95", "n"], rows)
+    save_figure(band_figure(found, f"{name}: {auc.n} seed(s), mean and 95% band"), png_path)
+    log(f"[{name}] wrote {csv_path}, {png_path}; area under accuracy vs MACs / final MACs: "
+        f"{auc.mean:.4f}" + (f" ± {auc.half:.4f}" if auc.n > 1 else "") + f" (n={auc.n})")
+    return {"auc": auc, "per_seed": aucs}
+
+
+def band_figure(found, title):
+    """Mean cascade curve over seeds with its 95% band (each seed's curve interpolated on a
+    common grid of MACs / final exit's MACs), and each exit's mean point."""
+    import numpy as np
+
+    curves = {s: sorted((float(r["macs_fraction"]), float(r["test_accuracy"]))
+                        for r in rows if r["kind"] == "cascade") for s, rows in found.items()}
+    grid = np.linspace(max(c[0][0] for c in curves.values()),
+                       min(c[-1][0] for c in curves.values()), 101)
+    ys = np.array([np.interp(grid, [p[0] for p in c], [p[1] for p in c])
+                   for c in curves.values()])
+    bands = [interval(100 * ys[:, j]) for j in range(len(grid))]
+    mean = np.array([b.mean for b in bands])
+    fig = new_figure(figsize=(6.4, 4.4))
+    ax = fig.add_subplot(1, 1, 1)
+    ax.plot(grid, mean, "-", lw=1.5, label=f"cascade, mean of {len(curves)} seed(s)")
+    if len(curves) > 1:
+        half = np.array([b.half for b in bands])
+        ax.fill_between(grid, mean - half, mean + half, alpha=0.25, label="95% interval")
+    exits = [[(float(r["macs_fraction"]), 100 * float(r["test_accuracy"])) for r in rows
+              if r["kind"] == "exit"] for rows in found.values()]
+    ax.plot([p[0] for p in exits[0]], np.mean([[p[1] for p in e] for e in exits], axis=0),
+            "s", ms=5, mfc="none", color="C3", label="each exit alone (mean)")
+    ax.set_xlabel("MACs per image / the final exit's MACs")
+    ax.set_ylabel("test accuracy (%)")
+    ax.set_title(title, fontsize="medium")
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize="small", loc="best")
+    return fig
