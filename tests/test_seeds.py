@@ -157,3 +157,17 @@ def test_seeds_train_as_runs_and_a_rerun_trains_nothing(tmp_path):
     assert local_launcher(configs, runs_root=str(tmp_path), log=logs.append) == []
     assert sum("finished already" in m for m in logs) == 2 and not any("epoch" in m
                                                                        for m in logs)
+
+
+def test_table2_over_seeds(tmp_path):
+    from elastic_keras.report.finished import Runs
+    from elastic_keras.report.tables import table2
+
+    root = tmp_path / "runs"
+    for s, final in enumerate([21.0, 23.0]):
+        make_run(root, seed_name("cifar100-densenet169-elastic", s), [73.0, 49.0, 23.0, final])
+    rows = table2(Runs(str(root), _setting()), seeds=2)
+    last = rows[3]
+    assert (last["cifar100_error_pct"], last["cifar100_error_pct_n"]) == (22.0, 2)
+    assert last["cifar100_error_pct_ci95"] == pytest.approx(interval([21.0, 23.0]).half)
+    assert rows[0]["cifar100_error_pct_ci95"] == 0.0 and rows[4]["cifar100_error_pct_n"] == 0

@@ -54,6 +54,14 @@ class Runs:
                  for s in range(seeds)}
         return {s: e for s, e in found.items() if not math.isnan(e)}
 
+    def exit_errors(self, dataset, name, seeds, outputs):
+        """The Interval over finished seeds of each of a run's `outputs` exits' test error."""
+        from elastic_keras.report.intervals import interval
+
+        found = [r["exits"] for s in range(seeds)
+                 if (r := self.get(dataset, seed_name(name, s))) and len(r["exits"]) == outputs]
+        return [interval(e[k]["test_error_pct"] for e in found) for k in range(outputs)]
+
     def environments(self, names):
         """'backend / device' of the finished runs among `names` ('' when none)."""
         found = {f"{r['backend']} / {r['device']}" for n in names

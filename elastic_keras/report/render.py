@@ -144,16 +144,17 @@ def table2_markdown(rows, runs):
     lines = _header("Table II: CIFAR-100 test error (%) of each exit of Elastic-DenseNet-169",
                     runs)
     computed = any(r["counts_source"] == "computed" for r in rows)
-    body = [[r["model"]] + [fmt(r[c], d, BLANK) + ("*" if r["counts_source"] == "computed"
-                                                     and i < 2 else "")
+    body = [[r["model"]] + [_number(r, c, d) + ("*" if r["counts_source"] == "computed"
+                                                 and i < 2 else "")
                             for i, (c, d) in enumerate((("conv_layers", 0),
                                                         ("params_millions", 2),
                                                         ("cifar100_error_pct", 2)))]
             + [fmt(r["conv_layers_paper"], 0, BLANK), fmt(r["params_millions_paper"], 2, BLANK),
                fmt(r["cifar100_error_pct_paper"], 2, BLANK),
-               signed(r["cifar100_error_pct_diff"], 2)] for r in rows]
+               _diff(r, "cifar100_error_pct", 2)] for r in rows]
     lines += _md_table(["Model", "conv layers", "params (M)", "test error %", "paper conv",
                         "paper params (M)", "paper error %", "Δ error"], body) + [""]
+    lines += [SEEDS_NOTE, ""] if rows and "cifar100_error_pct_n" in rows[0] else []
     lines += ["Params: everything up to and including the exit; the last elastic row counts "
               "the whole elastic model (the paper's convention). Conv layers and params of a "
               "trained run are those of its own model (input size of its profile).", ""]
@@ -180,7 +181,7 @@ def write_tables(runs_root, setting, out_dir="results", selected=None,
                                    table1_markdown(rows, like, runs))
     if "table2" in which:
         runs = Runs(runs_root, setting)
-        t2 = tables.table2(runs, compute_missing)
+        t2 = tables.table2(runs, compute_missing, seeds)
         written["table2"] = _write(out_dir, pre + "table2", t2, table2_markdown(t2, runs))
     return written, like, t2
 

@@ -168,20 +168,21 @@ def like_with_like(runs, selected, groups, models, seeds=1):
     return found
 
 
-def table2(runs, compute_missing=False):
+def table2(runs, compute_missing=False, seeds=1):
     """Table II (paper section IV-B): CIFAR-100 error of each Elastic-DenseNet-169 exit
     (named after its convolution layers, params up to and including it, the last row the
     whole elastic model), then plain DenseNet-169 and DenseNet-121; the paper's rows beside
     (elastic rows by depth order, plain rows by name; FIDELITY.md G10). compute_missing:
     conv layers and params of a missing run from the model definition (224 px, 100 classes;
-    FIDELITY.md G11)."""
+    FIDELITY.md G11). With seeds > 1 each error is a mean over seeds (FIDELITY.md G16)."""
     from elastic_keras.model.registry import get_spec
 
     printed = paper.table2()
     elastic_paper = [r for r in printed if r["model"].startswith("Elastic-")]
     rows = []
 
-    def add(model, conv, params, source, err, p):
+    def add(model, conv, params, source, err, p, spread=None):
+        err = err if spread is None else spread.mean
         rows.append({"setting": runs.setting.folder,
                      "dataset": runs.setting.data or TABLE2_DATASET,
                      "model": model, "conv_layers": conv, "params_millions": params / 1e6,
@@ -189,21 +190,25 @@ def table2(runs, compute_missing=False):
                      "conv_layers_paper": p.get("conv_layers", math.nan),
                      "params_millions_paper": p.get("params_millions", math.nan),
                      "cifar100_error_pct_paper": p.get("cifar100_error_pct", math.nan),
-                     "cifar100_error_pct_diff": err - p.get("cifar100_error_pct", math.nan)})
+                     "cifar100_error_pct_diff": err - p.get("cifar100_error_pct", math.nan),
+                     **({} if spread is None else {"cifar100_error_pct_ci95": spread.half,
+                                                   "cifar100_error_pct_n": spread.n})})
 
     for backbone, plain in [(TABLE2_ELASTIC, False)] + [(b, True) for b in TABLE2_PLAIN]:
         spec = get_spec(backbone)
-        results = runs.get(TABLE2_DATASET, run_name(TABLE2_DATASET, backbone, plain))
-        exits = _table2_exits(results, backbone, plain, compute_missing)
+        name = run_name(TABLE2_DATASET, backbone, plain)
+        exits = _table2_exits(runs.get(TABLE2_DATASET, name), backbone, plain, compute_missing)
+        over = runs.exit_errors(TABLE2_DATASET, name, seeds, len(exits)) if seeds > 1 else None
         for i, (conv, params, source, err) in enumerate(exits if not plain else exits[-1:]):
+            spread = over and over[-1 if plain else i]
             if plain:
                 add(spec.paper_name, conv, params, source, err,
-                    next((r for r in printed if r["model"] == spec.paper_name), {}))
+                    next((r for r in printed if r["model"] == spec.paper_name), {}), spread)
                 continue
             p = elastic_paper[i] if i < len(elastic_paper) else {}
             name = (f"Elastic-{spec.paper_name}-output-{int(conv)}" if not math.isnan(conv)
                     else p.get("model", f"Elastic-{spec.paper_name}-exit-{i + 1}"))
-            add(name, conv, params, source, err, p)
+            add(name, conv, params, source, err, p, spread)
     return rows
 
 
