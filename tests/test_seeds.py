@@ -106,7 +106,8 @@ def test_table1_over_seeds_and_unchanged_with_one(tmp_path):
 def _method_run(root, name, errors, aucs):
     d = make_run(root, name, errors)
     rows = ["kind,criterion,macs_fraction,test_accuracy"] + [
-        f"cascade,max_prob,{x},{a}" for x, a in ((0.1, aucs), (1.0, aucs))]
+        f"cascade,max_prob,{x},{a}" for x, a in ((0.1, aucs), (1.0, aucs))] + [
+        f"exit,,{x},{a}" for x, a in ((0.1, aucs), (1.0, aucs))]
     with open(os.path.join(d, "budget.csv"), "w") as f:
         f.write("\n".join(rows) + "\n")
 
@@ -171,3 +172,22 @@ def test_table2_over_seeds(tmp_path):
     assert (last["cifar100_error_pct"], last["cifar100_error_pct_n"]) == (22.0, 2)
     assert last["cifar100_error_pct_ci95"] == pytest.approx(interval([21.0, 23.0]).half)
     assert rows[0]["cifar100_error_pct_ci95"] == 0.0 and rows[4]["cifar100_error_pct_n"] == 0
+
+
+def test_normalised_area_and_the_band_over_seeds(tmp_path):
+    from elastic_keras.inference.thresholds import normalised_auc
+    from elastic_keras.report.budget import budget_seeds
+
+    rows = [{"kind": "cascade", "macs_fraction": x, "test_accuracy": a}
+            for x, a in ((0.5, 0.6), (0.2, 0.4), (1.2, 0.9))]  # any order; past x = 1: cut
+    # 0 below 0.2; 0.2..0.5: mean 0.5; 0.5..1: 0.6 up to 0.6 + 0.3 * 0.5 / 0.7 at x = 1
+    at_one = 0.6 + 0.3 * 0.5 / 0.7
+    assert normalised_auc(rows) == pytest.approx(0.3 * 0.5 + 0.5 * (0.6 + at_one) / 2)
+    root = tmp_path / "runs"
+    for s, a in enumerate([0.5, 0.6, 0.7]):
+        _method_run(root, seed_name("cifar10-densenet121-elastic", s), None, a)
+    run = _setting().run_path(str(root), RunName.parse("cifar10-densenet121-elastic"))
+    got = budget_seeds(run, 4, out_dir=str(tmp_path), log=lambda m: None)  # seed 3: missing
+    assert got["auc"].n == 3 and got["auc"].mean == pytest.approx(0.9 * 0.6)
+    assert os.path.isfile(tmp_path / "budget-seeds.png")
+    assert "mean" in open(tmp_path / "budget-seeds.csv").read()
