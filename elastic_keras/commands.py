@@ -43,30 +43,22 @@ def cmd_configs(args):
 
 
 def cmd_train(args):
-    """Train one config (resuming its run directory's partial run), then evaluate it."""
+    """Train one config (resuming its run directory's partial run), then evaluate it; with
+    --seeds N, its seeds one after another, each in its own run directory."""
     from elastic_keras.runs.config import load_config
-    from elastic_keras.runs.train import train
-
     from elastic_keras.runs.seeds import seed_configs
+    from elastic_keras.runs.train import train
+    from elastic_keras.sweep.reproduce import train_seeds
 
     cfg = load_config(args.config, args.set, profile=args.profile, protocol=args.protocol)
     configs = seed_configs(cfg, args.seeds)
     if args.dry_run:
         print(json.dumps(cfg if len(configs) == 1 else configs, indent=2))
-        return 0
-    if len(configs) == 1:
+    elif len(configs) == 1:
         train(cfg, runs_root=args.runs_root, run_dir=args.run_dir, allow_cpu=args.allow_cpu)
-        return 0
-    if args.run_dir:
-        raise ElasticKerasError("--run-dir names one run; with --seeds each seed has its own "
-                                "(leave --run-dir out)")
-    from elastic_keras.sweep.launchers import make_launcher
-
-    failures = make_launcher("local", profile=cfg["profile"])(
-        configs, runs_root=args.runs_root, allow_cpu=args.allow_cpu)
-    for name, message in failures:
-        print(f"failed {name}: {message}")
-    return 1 if failures else 0
+    else:
+        return 1 if train_seeds(configs, args.runs_root, args.allow_cpu, args.run_dir) else 0
+    return 0
 
 
 def cmd_evaluate(args):
@@ -155,18 +147,9 @@ def cmd_budget(args):
     """Accuracy against average MACs of exit cascades, for a run or every run under a folder."""
     from elastic_keras.report.budget import budget_path
 
-    options = dict(criterion=args.criterion, n_thresholds=args.n_thresholds,
-                   batch_size=args.batch_size, convention=args.macs_convention)
-    from elastic_keras.runs.seeds import check_seeds
-
-    if check_seeds(args.seeds) > 1:
-        if args.cost != "macs":
-            raise ElasticKerasError("--seeds draws the band over MACs; leave --cost out")
-        from elastic_keras.report.budget import budget_seeds
-
-        budget_seeds(args.path, args.seeds, out_dir=args.out, **options)
-        return 0
-    budget_path(args.path, out_dir=args.out, cost=args.cost, latency=args.latency, **options)
+    budget_path(args.path, criterion=args.criterion, n_thresholds=args.n_thresholds,
+                batch_size=args.batch_size, convention=args.macs_convention, out_dir=args.out,
+                cost=args.cost, latency=args.latency, seeds=args.seeds)
     return 0
 
 

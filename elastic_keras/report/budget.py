@@ -114,9 +114,15 @@ def budget_run(run: RunDir, criterion: str = "max_prob", n_thresholds: int = 21,
     return rows
 
 
-def budget_path(path: str, log=print, **options: Any) -> int:
+def budget_path(path: str, log=print, seeds: int = 1, **options: Any) -> int:
     """budget.csv/png of a finished run, or of every finished run under a folder (the
-    unfinished ones are named and skipped). Returns the number of runs done."""
+    unfinished ones are named and skipped); seeds > 1: the run and its seeds with their band
+    (budget_seeds). Returns the number of runs done."""
+    from elastic_keras.runs.seeds import check_seeds
+
+    if check_seeds(seeds) > 1:
+        options.pop("latency", None)
+        return budget_seeds(path, seeds, log=log, **options)["auc"].n
     if not os.path.isdir(path):
         raise ElasticKerasError(f"not a run directory nor a folder of runs: {path}")
     if RunDir(path).exists:
@@ -152,11 +158,13 @@ def budget_rows(run: RunDir, log=print, **options: Any) -> list[dict[str, Any]]:
 
 
 def budget_seeds(path: str, seeds: int, out_dir: str | None = None, log=print,
-                 **options: Any) -> dict[str, Any]:
+                 cost: str = "macs", **options: Any) -> dict[str, Any]:
     """A run (seed 0, `path`) and its seeds 1..seeds-1 (`<path>-seed<s>`): each one's budget,
     their mean curve with a 95% band over seeds, and each one's normalised area under its
     curve with the interval over seeds (budget-seeds.csv/png in `out_dir`, default the
     folder of the runs; FIDELITY.md I11). Unfinished seeds are named and left out."""
+    if cost != "macs":
+        raise ElasticKerasError("--seeds draws the band over MACs; leave --cost out")
     parent, name = os.path.split(os.path.normpath(path))
     found = {}
     for s in range(seeds):

@@ -110,3 +110,19 @@ def _write(table, setting, runs_root, out_dir, skipped, runs, protocol, seeds, b
     which = [t for t in ("table1", "table2") if t == table or set(cells) & set(table_runs(t))]
     return write_tables(runs_root, setting, out_dir, selected=cells, which=which,
                         seeds=seeds)[0]
+
+
+def train_seeds(configs, runs_root="runs", allow_cpu=False, run_dir=None, log=print):
+    """`train --seeds N`: the seeds of one config, each its own run, with the local launcher
+    (one after another here; a seed another worker holds is waited for). Returns the
+    failures, each also printed."""
+    from elastic_keras.sweep.launchers import make_launcher
+
+    if run_dir:
+        raise ElasticKerasError("--run-dir names one run; with --seeds each seed has its own "
+                                "(leave --run-dir out)")
+    failures = make_launcher("local", profile=configs[0]["profile"])(
+        configs, runs_root=runs_root, allow_cpu=allow_cpu, log=log)
+    for name, message in failures:
+        log(f"failed {name}: {message}")
+    return failures
