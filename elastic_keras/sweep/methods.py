@@ -9,7 +9,7 @@ from elastic_keras.runs.names import RunName, method_run
 from elastic_keras.sweep.reproduce import run_configs
 
 # Each scheme through the same two-phase trainer (FIDELITY.md G18): what it sets.
-SCHEMES = {
+SCHEMES: dict[str, dict[str, Any]] = {
     "uniform": {},  # Zhou et al.: Table I's elastic run itself (so reused)
     "second_half": {"loss.weights": "second_half"},  # Bai et al.
     "auxnet": {"loss.weights": "auxnet"},  # AuxNet's gamma, literal reading (L3)
