@@ -120,8 +120,10 @@ def test_the_papers_numbers_ship_with_the_package():
                                                               12.06]
     assert paper.bai_table2()[("MobileNet", 0.75)]["macs_last"] == 3.16e8
     sources = paper.table1_sources()
-    assert len(sources) == 28 and {s["exit"] for s in sources} == {"final", "penultimate",
-                                                                   "unknown"}
+    assert len(sources) == 28 and {s["exit"] for s in sources} == {"final", "penultimate"}
+    # Issue 20: one vocabulary; 16 cells are in none of the authors' results.
+    origins = [s["origin"] for s in sources]
+    assert set(origins) == {"best", "epoch", "not found"} and origins.count("not found") == 16
     code = [os.path.join(d, f) for top in ("elastic_keras", "scripts", "tests")
             for d, _, fs in os.walk(os.path.join(REPO, top)) for f in fs
             if f.endswith((".py", ".toml"))] + [os.path.join(REPO, "Makefile")]
@@ -141,7 +143,7 @@ def test_table1_math_blanks_marks_and_like_with_like(runs):
     assert (r["cifar10_without"], r["cifar10_with"]) == (8.0, 5.0)
     assert r["cifar10_improvement_pct"] == pytest.approx(37.5)
     assert r["cifar10_with_paper"] == 5.44 and r["cifar10_improvement_pct_paper"] == 14.3
-    assert r["cifar10_with_diff"] == pytest.approx(5.0 - 5.44) and r["cifar10_with_mark"] == ""
+    assert r["cifar10_with_diff"] == pytest.approx(5.0 - 5.44) and r["cifar10_with_mark"] == "?"
     assert r["cifar10_improvement_pct_diff"] == pytest.approx(37.5 - 14.3)
     r5 = _row(rows, "ResNet-50-5")  # its "without" is the plain ResNet-50 run
     assert r5["cifar10_without"] == 6.0 and r5["cifar10_improvement_pct"] == pytest.approx(25.0)
@@ -156,7 +158,8 @@ def test_table1_math_blanks_marks_and_like_with_like(runs):
     assert authors["cifar100_with_mark"] == "?"
     assert authors["cifar10_without"] == 11.0 and authors["cifar10_without_diff"] == \
         pytest.approx(11.0 - 10.37)
-    assert _row(rows, "ResNet-50")["cifar100_with_mark"] == "p"
+    assert _row(rows, "ResNet-50")["cifar100_with_mark"] == "pe"  # 24.20: epoch 8's value
+    assert _row(rows, "InceptionV3")["cifar100_without_mark"] == "i"  # 24.98: at 139 px
     # Like with like: 7.82 against the penultimate exit of the authors' variant.
     c = next(c for c in like if c["model"] == "MobileNet" and c["dataset"] == "cifar10"
              and c["column"] == "with")
@@ -164,7 +167,34 @@ def test_table1_math_blanks_marks_and_like_with_like(runs):
                                                     "penultimate", 9.5)
     inc = next(c for c in like if c["model"] == "InceptionV3" and c["column"] == "with"
                and c["dataset"] == "cifar10")
-    assert inc["ours_run"] == "" and math.isnan(inc["ours"])
+    assert inc["ours_run"] == "cifar10-inceptionv3_authors-elastic" and math.isnan(inc["ours"])
+    inc = next(c for c in like if c["model"] == "InceptionV3" and c["column"] == "without"
+               and c["dataset"] == "cifar100")
+    assert inc["status"] == "measured at another input size" and inc["marks"] == "i"
+
+
+def test_under_the_authors_protocol_each_number_meets_the_run_that_made_it(tmp_path):
+    """Issue 20: 4.48 against the 12-output variant's second-to-last exit; 24.98 against
+    the 139 px run; 24.20 against the penultimate exit."""
+    root = tmp_path / "runs"
+    twelve = [f"exit_{k}" for k in range(1, 12)] + ["final"]
+    make_run(root, "cifar10-inceptionv3-elastic", [50.0] * 10 + [4.0, 4.6], outputs=twelve,
+             profile="smoke-authors", conv=[1] * 12, params=[1] * 12)
+    make_run(root, "cifar100-inceptionv3-plain", [25.5], profile="smoke-authors")
+    make_run(root, "cifar100-resnet50-elastic", [30.0, 30.0, 24.0, 25.0],
+             profile="smoke-authors")
+    rows, like = table1(Runs(str(root), "smoke-authors", TAG, protocol="authors"))
+    got = {(c["model"], c["dataset"], c["column"]): c for c in like}
+    c = got[("InceptionV3", "cifar10", "with")]
+    assert (c["ours_run"], c["exit"], c["ours"]) == ("cifar10-inceptionv3-elastic",
+                                                    "penultimate", 4.0)
+    c = got[("InceptionV3", "cifar100", "without")]
+    assert (c["ours_run"], c["ours"], c["marks"]) == ("cifar100-inceptionv3-plain", 25.5, "")
+    c = got[("ResNet-50", "cifar100", "with")]
+    assert (c["ours"], c["origin"], c["marks"]) == (24.0, "epoch", "pe")
+    inc = _row(rows, "InceptionV3")
+    assert inc["cifar100_without_mark"] == "" and inc["cifar10_with_mark"] == "p"
+    assert inc["cifar100_without_diff"] == pytest.approx(25.5 - 24.98)
 
 
 def test_the_table_of_a_selection_shows_its_runs_only(runs):
@@ -237,7 +267,8 @@ def test_check_compares_like_with_like_and_the_cli(runs, tmp_path):
     # Table I: D121 x3, D169 x1, R50 plain x2 (the ResNet-50 and ResNet-50-5 baselines),
     # R50-5 x1, the authors' MobileNet x2; Table II: 4 exits + DenseNet-121.
     assert compared == 9 + 5
-    assert any("DenseNet-121 cifar10 without (final exit of cifar10-densenet121-plain)" in v
+    assert any("DenseNet-121 cifar10 without (final exit of cifar10-densenet121-plain; "
+               "theirs: not found)" in v
                for v in violations)
     args = ["tables", "--profile", PROFILE, "--data", TAG, "--runs-root", str(runs),
             "--out", str(tmp_path / "cli")]

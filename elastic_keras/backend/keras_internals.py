@@ -78,3 +78,37 @@ def seed_everything(seed):
         import torch
 
         torch.manual_seed(seed)
+
+
+def run_graph(net, x, training, stored=None):
+    """Call the functional model `net` layer by layer: (outputs, values), `values` being
+    every layer call's output in the order run (`_run_through_graph`, `_standardize_inputs`,
+    `_inputs_struct`).
+
+    With `stored` (the `values` of an earlier call on the same `x`), each layer's output
+    takes its stored value while gradients still flow through the layer at its current
+    weights and stored input: out -> stored + (out - stop_gradient(out)). This is the
+    backward pass of a Torch module (stored input, current weights) that AuxNet's
+    multi-way backpropagation uses (FIDELITY.md L4).
+    """
+    from keras import ops, tree
+    from keras.src.models.functional import operation_fn
+
+    values = []
+
+    def wrap(operation):
+        call = operation_fn(operation, training=training)
+
+        def run(*args, **kwargs):
+            out = call(*args, **kwargs)
+            if stored is not None:
+                out = tree.map_structure(lambda o, s: s + (o - ops.stop_gradient(o)),
+                                         out, stored[len(values)])
+            values.append(out)
+            return out
+
+        return run
+
+    inputs = net._standardize_inputs(tree.pack_sequence_as(net._inputs_struct, tree.flatten(x)))
+    outputs = net._run_through_graph(inputs, operation_fn=wrap)
+    return (list(outputs) if isinstance(outputs, (list, tuple)) else [outputs]), values

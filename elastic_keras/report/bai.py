@@ -1,5 +1,8 @@
 """Bai et al. Table II: MACs at the first weighted exit and at the last exit, ours beside theirs.
 
+Only this table of Bai et al. is reproduced; their age-estimation results are out of scope
+(FIDELITY.md O1).
+
 For VGG-16 (the plain network, as in their row), InceptionV3, ResNet-50 and MobileNet at alpha
 1, 0.75, 0.5, 0.25, at 224x224 with C = 100 classes: the first exit whose loss weight is
 non-zero under Bai et al.'s weighting (`loss_weights("second_half")`), and the

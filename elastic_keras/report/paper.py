@@ -33,8 +33,9 @@ def table1():
 
 
 def table1_sources():
-    """Where each Table I number came from: the run of ours it matches and which exit
-    ('final', 'penultimate' or 'unknown'); `run` is '' where no Table I run matches."""
+    """Where each Table I number came from (paper/README.md): the run of ours it matches,
+    which exit ('final' or 'penultimate'), its origin ('best', 'epoch' or 'not found'), its
+    input size where not 224, and file:line."""
     return [{**r, "paper": number(r["paper"])} for r in _rows("table1_sources.csv")]
 
 

@@ -9,13 +9,18 @@ from elastic_keras.report.numbers import BLANK, fmt, interval, missing, signed
 from elastic_keras.errors import ElasticKerasError
 
 TITLES = {"cifar10": "CIFAR-10", "cifar100": "CIFAR-100"}
-MARKS = {"a": "ᵃ", "p": "ᵖ", "?": "?"}
-LEGEND = {
-    "a": "ᵃ measured by the authors on their MobileNet variant (alpha 0.75, 14 outputs): "
-         "compared with the \"MobileNet (authors' code)\" row, not this one.",
-    "p": "ᵖ the best test error of the second-to-last output, not of the final exit "
-         "(elastic/accuracy.md): compared below with that exit of ours.",
-    "?": "? not found in the authors' results: compared below with the final exit, as printed.",
+MARKS = {"a": "ᵃ", "i": "ⁱ", "p": "ᵖ", "e": "ᵉ", "?": "?"}
+LEGEND = {  # FIDELITY.md A8, A10
+    "a": "ᵃ measured by the authors on their variant of this network (MobileNet alpha 0.75 "
+         "with 14 outputs, InceptionV3 with 12): compared below with that variant's run, "
+         "where this table has one.",
+    "i": "ⁱ measured at 139x139 input: compared below only under --protocol authors, which "
+         "trains that cell at 139 px.",
+    "p": "ᵖ the second-to-last output's test error, not the final exit's: compared below "
+         "with that exit of ours.",
+    "e": "ᵉ that output's test error at one epoch of the authors' run, not its lowest.",
+    "?": "? not found in the authors' results (no stored run, not in elastic/accuracy.md): "
+         "compared below with the final exit, as printed.",
 }
 
 
@@ -122,17 +127,20 @@ def table1_markdown(rows, like, runs):
                                  if seeded else []))
         lines += _md_table(header + (["with − without"] if seeded else []), body) + [""]
     lines += [SEEDS_NOTE, ""] if seeded else []
-    lines += [LEGEND[m] for m in "ap?" if m in used] + ([""] if used else [])
+    lines += [LEGEND[m] for m in MARKS if m in used] + ([""] if used else [])
     lines += ["Improvement = (without − with) / without, in %, from our unrounded errors (the "
               "paper's definition). ResNet-50-5's \"without\" is the plain ResNet-50 run, as "
               "in the paper. Trained on: " + ("; ".join(sorted({r["environment"] for r in rows
                                                                if r["environment"]})) or BLANK)
               + ".", "", "## Like with like (`--check`)", "",
               "Each number of the paper beside the run and exit of ours it was measured on "
-              "(sources: the authors' `elastic/accuracy.md`, yipersevere/Elastic at 644efea).", ""]
-    lines += _md_table(["Paper cell", "paper", "matching run", "exit", "ours", "Δ", "source"], [
+              "(sources: the authors' `elastic/accuracy.md` and stored runs, "
+              "yipersevere/Elastic at 644efea; origin: `best` over epochs, one `epoch`'s "
+              "value, or `not found`).", ""]
+    lines += _md_table(["Paper cell", "paper", "matching run", "exit", "origin", "ours", "Δ",
+                        "source"], [
         [f"{c['model']}, {TITLES[c['dataset']]}, {c['column']}", fmt(c["paper"], 2),
-         f"`{c['ours_run']}`" if c["ours_run"] else BLANK, c["exit"],
+         f"`{c['ours_run']}`" if c["ours_run"] else BLANK, c["exit"], c["origin"],
          fmt(c["ours"], 2, BLANK), signed(c["diff"], 2),
          c["source"] + ("" if c["status"] == FINISHED else f" ({c['status']})")]
         for c in like]) + [""]

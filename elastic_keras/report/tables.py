@@ -4,7 +4,7 @@ import math
 from dataclasses import dataclass
 
 from elastic_keras.report import paper
-from elastic_keras.runs.config import PROTOCOLS
+from elastic_keras.runs.config import PROTOCOL, PROTOCOLS
 from elastic_keras.errors import ElasticKerasError
 from elastic_keras.report.intervals import interval, paired
 from elastic_keras.runs.names import CIFAR_SETS, RunName, seed_name
@@ -74,27 +74,51 @@ def improvement_pct(without, with_):
     return 100.0 * (without - with_) / without
 
 
-def _source_run(src, protocol):
-    """The run name a paper number was measured on (None where no Table I run matches)."""
-    if not src["run"]:
-        return None
+def _measured_on(src, protocol):
+    """The run name a paper number was measured on, under `protocol`'s names."""
     backbone = {v: k for k, v in PROTOCOLS[protocol]["backbones"].items()}.get(src["run"],
                                                                               src["run"])
     return run_name(src["dataset"], backbone, src["column"] == "without")
 
 
+def _other_input(src, protocol):
+    """True when the number came from an input size that `protocol` does not train its run
+    at (InceptionV3 CIFAR-100 without exits: 139 px; FIDELITY.md A10)."""
+    if not src["input"]:
+        return False
+    cell = PROTOCOLS[protocol]["cells"].get(_measured_on(src, protocol), {})
+    return cell.get("model.input_size", PROTOCOL["model"]["input_size"]) != int(src["input"])
+
+
+def _source_run(src, protocol):
+    """The run name a paper number was measured on (None where no run of `protocol` is
+    trained as it was)."""
+    return None if _other_input(src, protocol) else _measured_on(src, protocol)
+
+
+def marks(src, name, protocol):
+    """How the paper number of a cell differs from our run `name` of it (FIDELITY.md A8):
+    a (another network), i (another input size), p (the second-to-last output), e (one
+    epoch's value, not the lowest), ? (not found in the authors' results)."""
+    return ("a" if _measured_on(src, protocol) != name else "") + \
+        ("i" if _other_input(src, protocol) else "") + \
+        ("p" if src["exit"] == "penultimate" else "") + \
+        {"epoch": "e", "not found": "?"}.get(src["origin"], "")
+
+
+UNLIKE = set("aip")  # marks that make a cell's Δ no like-with-like difference
+
+
 def _cell(row, ds, key, runs, src, selected, seeds):
     """Ours ({seed: error} and their interval), the paper's, their difference (like with
-    like only), and the paper's mark."""
+    like only), and the paper's marks."""
     backbone, plain = (row.baseline, True) if key == "without" else (row.backbone, False)
     name = run_name(ds, backbone, plain)
     per_seed = runs.seeds_of(ds, name, seeds) if name in selected else {}
     ours = interval(per_seed.values())
-    matches = _source_run(src, runs.protocol)
-    marks = ("a" if matches not in (None, name) else "") + \
-        {"penultimate": "p", "unknown": "?"}.get(src["exit"], "")
-    diff = ours.mean - src["paper"] if not marks else math.nan
-    return per_seed, ours, src["paper"], diff, marks
+    found = marks(src, name, runs.protocol)
+    diff = ours.mean - src["paper"] if not UNLIKE & set(found) else math.nan
+    return per_seed, ours, src["paper"], diff, found
 
 
 def _group(out, row, ds, runs, sources, printed, selected, seeds):
@@ -110,7 +134,7 @@ def _group(out, row, ds, runs, sources, printed, selected, seeds):
             out.update({f"{ds}_{key}_ci95": ours.half, f"{ds}_{key}_n": ours.n})
     imp = paired(errors["without"], errors["with"], improvement_pct)
     imp_paper = printed[row.paper_model][f"{ds}_improvement_pct"]
-    like = not out[f"{ds}_without_mark"] and not out[f"{ds}_with_mark"]
+    like = not UNLIKE & set(out[f"{ds}_without_mark"] + out[f"{ds}_with_mark"])
     out.update({f"{ds}_improvement_pct": imp.mean, f"{ds}_improvement_pct_paper": imp_paper,
                 f"{ds}_improvement_pct_diff": imp.mean - imp_paper if like else math.nan})
     if seeds > 1:
@@ -158,13 +182,15 @@ def like_with_like(runs, selected, groups, models, seeds=1):
         if src["dataset"] not in groups or src["model"] not in models:
             continue
         if name is None or name not in selected:
-            status, ours = "no matching run in this table", math.nan
+            status, ours = ("measured at another input size" if name is None else
+                            "no matching run in this table"), math.nan
         else:
             exit_kind = "penultimate" if src["exit"] == "penultimate" else "final"
             ours = interval(runs.seeds_of(src["dataset"], name, seeds, exit_kind).values()).mean
             status = runs.seen[name][0]
         found.append({**src, "ours_run": name or "", "ours": ours, "status": status,
-                      "diff": ours - src["paper"]})
+                      "diff": ours - src["paper"],
+                      "marks": marks(src, _measured_on(src, runs.protocol), runs.protocol)})
     return found
 
 
@@ -236,7 +262,8 @@ def check(table1_like, table2_rows, tol):
     if isinstance(tol, bool) or not isinstance(tol, (int, float)) or not tol >= 0:
         raise ElasticKerasError(f"tolerance must be a number >= 0, got {tol!r}")
     pairs = [(f"Table I {c['model']} {c['dataset']} {c['column']} ({c['exit']} exit of "
-              f"{c['ours_run']})", c["ours"], c["paper"]) for c in table1_like]
+              f"{c['ours_run']}; theirs: {c['origin']})", c["ours"], c["paper"])
+             for c in table1_like]
     pairs += [(f"Table II {r['model']}", r["cifar100_error_pct"], r["cifar100_error_pct_paper"])
               for r in table2_rows]
     compared = [(what, o, p) for what, o, p in pairs if not (math.isnan(o) or math.isnan(p))]

@@ -50,7 +50,7 @@ PROTOCOL = {
         "batch_size": 16,  # last partial batch kept (FIDELITY.md T6)
         "eval_batch_size": 64,  # validation and test passes (FIDELITY.md B6)
         "reload_best_between_phases": True,  # authors' scripts (FIDELITY.md T3)
-        "backprop": "joint",  # or "multi_way": AuxNet's multi-way backpropagation (L4)
+        "backprop": "joint",  # or AuxNet's "multi_way", "multi_way_prestep" (L4)
         "steps_per_execution": 8,  # steps per compiled call; same numbers (FIDELITY.md B7)
         "precision": "float32",  # or "mixed_bfloat16" (FIDELITY.md B8)
     },
@@ -65,17 +65,43 @@ PROTOCOL = {
 # FIDELITY.md A1, A2, A3, A4, A5; the plain scripts: FIDELITY.md A6; variants: FIDELITY.md A7.
 _AUTHORS_PHASE = {"epochs": 100, "reduce_lr": True, "patience": 5, "cooldown": 1,
                   "min_lr": 1e-5, "early_stop": True, "stop_patience": 10}
+
+
+def _both(**values):
+    """The same settings for both phases."""
+    return {f"phases.{p}.{k}": v for p in ("heads", "full") for k, v in values.items()}
+
+
+# elastic/main.py run without exits (A6): its recipe, not the plain scripts'.
+_MAIN_SCRIPT_PLAIN = {"model.dropout": 0.2, "phases.heads.momentum": 0.9, "train.batch_size": 16,
+                      "train.reload_best_between_phases": True, **_both(stop_min_delta=1e-4)}
+# inceptionV3/pretrain_InceptionV3_CIFAR100.py, as its stored run ran (139 px input: A10).
+_INCEPTION_PLAIN_CIFAR100 = {"model.input_size": 139, **_both(
+    epochs=1000, stop_min_delta=1e-3, stop_patience=15)}
+# inceptionV3/pretrain_ElasticNN_InceptionV3_CIFAR10_v1.py (A11; its start from an earlier
+# checkpoint of theirs cannot be reproduced).
+_INCEPTION_ELASTIC_CIFAR10 = {"train.batch_size": 32, "train.reload_best_between_phases": False,
+                              "phases.heads.momentum": 0.0, **_both(epochs=1000,
+                                                                    stop_min_delta=0.003)}
 PROTOCOLS = {
-    "paper": {"all": {}, "plain": {}, "backbones": {}},
+    "paper": {"all": {}, "plain": {}, "backbones": {}, "cells": {}},
     "authors": {
         "all": {"model.preprocess": "authors", "phases.full.momentum": 0.0,
-                **{f"phases.{p}.{k}": v for p in ("heads", "full")
-                   for k, v in _AUTHORS_PHASE.items()}},
+                **_both(**_AUTHORS_PHASE)},
         # The per-backbone plain scripts (e.g. mobileNet/pretrain_MobileNet_CIFAR100.py).
         "plain": {"model.dropout": 0.0, "phases.heads.momentum": 0.0, "train.batch_size": 32,
                   "train.reload_best_between_phases": False,
                   "phases.heads.stop_min_delta": 0.003, "phases.full.stop_min_delta": 0.003},
         "backbones": {"mobilenet": "mobilenet_authors", "inceptionv3": "inceptionv3_authors"},
+        # Per table cell (run name): the recipe of the script that produced its printed number,
+        # where it is not the one above (FIDELITY.md A6, A10, A11).
+        "cells": {
+            "cifar100-inceptionv3-plain": _INCEPTION_PLAIN_CIFAR100,
+            "cifar10-inceptionv3-elastic": _INCEPTION_ELASTIC_CIFAR10,
+            **dict.fromkeys(("cifar10-mobilenet-plain", "cifar10-mobilenet_authors-plain",
+                             "cifar10-resnet50-plain", "cifar100-resnet50-plain"),
+                            _MAIN_SCRIPT_PLAIN),
+        },
     },
 }
 
@@ -196,6 +222,7 @@ def load_config(path=None, overrides=(), profile=None, protocol=None):
     plain = dict(pairs).get("model.plain", file_flat.get("model.plain")) is True
     layers = [(PROTOCOLS[proto]["all"], f"protocol {proto}"),
               (PROTOCOLS[proto]["plain"] if plain else {}, f"protocol {proto} (plain)"),
+              (PROTOCOLS[proto]["cells"].get(cfg["name"], {}), f"protocol {proto} (cell)"),
               (PROFILES[prof], f"profile {prof}"), (file_flat, path), (dict(pairs), "--set")]
     for values, source in layers:
         for key, value in values.items():
@@ -205,7 +232,12 @@ def load_config(path=None, overrides=(), profile=None, protocol=None):
     cfg["model"]["backbone"] = PROTOCOLS[proto]["backbones"].get(backbone, backbone)
     if "name" not in dict(pairs):
         cfg["name"] = named_by_data(cfg["name"], cfg["data"]["dataset"])
-    return validate(cfg)
+    validate(cfg)
+    if cfg["model"]["alpha"] is None:  # resolved, so that a dry run and config.json say it
+        from elastic_keras.model.registry import get_spec
+
+        cfg["model"]["alpha"] = get_spec(cfg["model"]["backbone"]).alpha
+    return cfg
 
 
 def named_by_data(name: str | None, dataset: str) -> str | None:

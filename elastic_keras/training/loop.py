@@ -11,7 +11,8 @@ from elastic_keras.errors import ElasticKerasError
 from elastic_keras.training.state import TRAINED, TRAINING, RunState
 
 TRAINABLE = ("heads", "all")  # what a phase trains: the exits' heads only, or everything
-BACKPROP = ("joint", "multi_way")  # train.backprop: the summed loss, or AuxNet's (L4)
+# train.backprop: the summed loss, or AuxNet's as written, or the pre-step reading (L4)
+BACKPROP = ("joint", "multi_way", "multi_way_prestep")
 
 CLIP_LIMIT = 0.5  # a run whose training images are mostly clipped has diverged (T9)
 
@@ -80,7 +81,7 @@ def start_phase(run, job, state, index, phases, log):
         state.stopped, state.schedule = False, new_state()
     # Several steps per compiled call: the epoch's numbers are unchanged (FIDELITY.md B7).
     job.trainer.compile(optimizer=keras.optimizers.SGD(learning_rate=state.lr,
-                                                       momentum=phase["momentum"]),
+                                                       momentum=float(phase["momentum"])),
                         steps_per_execution=job.cfg["train"]["steps_per_execution"])
     before = phases[index - 1][0] if index > 0 else None
     if resuming and state.last:
@@ -183,11 +184,12 @@ def end_epoch(run, job, state, row, phase):
 
 def make_trainer(net, loss_weights, backprop="joint"):
     """The trainer of a run: "joint" backpropagation of the summed loss (the paper), or
-    AuxNet's "multi_way" (one update per output, in series: multiway.py)."""
-    if backprop == "multi_way":
+    AuxNet's "multi_way" or "multi_way_prestep" (one update per output, in series:
+    multiway.py, FIDELITY.md L4)."""
+    if backprop in BACKPROP[1:]:
         from elastic_keras.training.multiway import multi_way_trainer
 
-        return multi_way_trainer(net, loss_weights)
+        return multi_way_trainer(net, loss_weights, backprop)
     if backprop != "joint":
         raise ElasticKerasError(f"train.backprop must be one of {', '.join(BACKPROP)}; "
                                 f"received {backprop!r}")

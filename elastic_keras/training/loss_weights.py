@@ -1,5 +1,8 @@
 """Exit loss weights: L_total = sum_i w_i * CE_i (paper eq. 2 and companion papers)."""
 
+# AuxNet's weighting is offered here and its multi-way backpropagation in multiway.py; its
+# own experiments are not reproduced (FIDELITY.md O2).
+
 from __future__ import annotations
 
 import math
