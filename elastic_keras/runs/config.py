@@ -7,7 +7,7 @@ import tomllib
 from importlib import resources
 
 from elastic_keras.errors import ElasticKerasError
-from elastic_keras.model.registry import DEFAULT_DROPOUT
+from elastic_keras.model.registry import DEFAULT_DROPOUT, get_spec
 from elastic_keras.runs.names import CIFAR_SETS, data_label
 
 # The training protocol of the paper, section IV-A (PAPER.md section 6). A config file
@@ -75,14 +75,6 @@ def _both(**values):
 # elastic/main.py run without exits (A6): its recipe, not the plain scripts'.
 _MAIN_SCRIPT_PLAIN = {"model.dropout": 0.2, "phases.heads.momentum": 0.9, "train.batch_size": 16,
                       "train.reload_best_between_phases": True, **_both(stop_min_delta=1e-4)}
-# inceptionV3/pretrain_InceptionV3_CIFAR100.py, as its stored run ran (139 px input: A10).
-_INCEPTION_PLAIN_CIFAR100 = {"model.input_size": 139, **_both(
-    epochs=1000, stop_min_delta=1e-3, stop_patience=15)}
-# inceptionV3/pretrain_ElasticNN_InceptionV3_CIFAR10_v1.py (A11; its start from an earlier
-# checkpoint of theirs cannot be reproduced).
-_INCEPTION_ELASTIC_CIFAR10 = {"train.batch_size": 32, "train.reload_best_between_phases": False,
-                              "phases.heads.momentum": 0.0, **_both(epochs=1000,
-                                                                    stop_min_delta=0.003)}
 PROTOCOLS = {
     "paper": {"all": {}, "plain": {}, "backbones": {}, "cells": {}},
     "authors": {
@@ -90,14 +82,18 @@ PROTOCOLS = {
                 **_both(**_AUTHORS_PHASE)},
         # The per-backbone plain scripts (e.g. mobileNet/pretrain_MobileNet_CIFAR100.py).
         "plain": {"model.dropout": 0.0, "phases.heads.momentum": 0.0, "train.batch_size": 32,
-                  "train.reload_best_between_phases": False,
-                  "phases.heads.stop_min_delta": 0.003, "phases.full.stop_min_delta": 0.003},
+                  "train.reload_best_between_phases": False, **_both(stop_min_delta=0.003)},
         "backbones": {"mobilenet": "mobilenet_authors", "inceptionv3": "inceptionv3_authors"},
         # Per table cell (run name): the recipe of the script that produced its printed number,
         # where it is not the one above (FIDELITY.md A6, A10, A11).
         "cells": {
-            "cifar100-inceptionv3-plain": _INCEPTION_PLAIN_CIFAR100,
-            "cifar10-inceptionv3-elastic": _INCEPTION_ELASTIC_CIFAR10,
+            # inceptionV3/pretrain_InceptionV3_CIFAR100.py, as its stored run ran (A10)
+            "cifar100-inceptionv3-plain": {"model.input_size": 139, **_both(
+                epochs=1000, stop_min_delta=1e-3, stop_patience=15)},
+            # inceptionV3/pretrain_ElasticNN_InceptionV3_CIFAR10_v1.py, but its start (A11)
+            "cifar10-inceptionv3-elastic": {
+                "train.batch_size": 32, "train.reload_best_between_phases": False,
+                "phases.heads.momentum": 0.0, **_both(epochs=1000, stop_min_delta=0.003)},
             **dict.fromkeys(("cifar10-mobilenet-plain", "cifar10-mobilenet_authors-plain",
                              "cifar10-resnet50-plain", "cifar100-resnet50-plain"),
                             _MAIN_SCRIPT_PLAIN),
@@ -234,8 +230,6 @@ def load_config(path=None, overrides=(), profile=None, protocol=None):
         cfg["name"] = named_by_data(cfg["name"], cfg["data"]["dataset"])
     validate(cfg)
     if cfg["model"]["alpha"] is None:  # resolved, so that a dry run and config.json say it
-        from elastic_keras.model.registry import get_spec
-
         cfg["model"]["alpha"] = get_spec(cfg["model"]["backbone"]).alpha
     return cfg
 
