@@ -183,7 +183,7 @@ def test_under_the_authors_protocol_each_number_meets_the_run_that_made_it(tmp_p
     make_run(root, "cifar100-inceptionv3-plain", [25.5], profile="smoke-authors")
     make_run(root, "cifar100-resnet50-elastic", [30.0, 30.0, 24.0, 25.0],
              profile="smoke-authors")
-    rows, like = table1(Runs(str(root), "smoke-authors", TAG, protocol="authors"))
+    rows, like = table1(Runs(str(root), Setting("smoke", "authors", TAG)))
     got = {(c["model"], c["dataset"], c["column"]): c for c in like}
     c = got[("InceptionV3", "cifar10", "with")]
     assert (c["ours_run"], c["exit"], c["ours"]) == ("cifar10-inceptionv3-elastic",
