@@ -28,8 +28,6 @@ from elastic_keras.backend.keras_internals import run_graph, track_loss
 from elastic_keras.errors import ElasticKerasError
 from elastic_keras.training.objective import ExitTrainer, exit_terms
 
-VARIANTS = ("multi_way", "multi_way_prestep")
-
 
 class MultiWayTrainer(ExitTrainer):
     """Common part: which outputs update, in which order, and the metric updates."""
@@ -165,9 +163,6 @@ def multi_way_trainer(net, loss_weights, variant="multi_way"):
     classes = {("tensorflow", "multi_way"): AsWrittenTensorFlow,
                ("tensorflow", "multi_way_prestep"): PrestepTensorFlow,
                ("jax", "multi_way"): AsWrittenJax, ("jax", "multi_way_prestep"): PrestepJax}
-    if variant not in VARIANTS:
-        raise ElasticKerasError(f"unknown train.backprop {variant!r}; valid: joint, "
-                                f"{', '.join(VARIANTS)}")
     if (backend, variant) not in classes:
         raise ElasticKerasError(f"train.backprop = {variant!r} runs under the tensorflow and "
                                 f"jax backends, not {backend}; use 'joint' there")
