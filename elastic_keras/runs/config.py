@@ -67,8 +67,7 @@ _AUTHORS_PHASE = {"epochs": 100, "reduce_lr": True, "patience": 5, "cooldown": 1
                   "min_lr": 1e-5, "early_stop": True, "stop_patience": 10}
 
 
-def _both(**values):
-    """The same settings for both phases."""
+def _both(**values):  # the same settings for both phases
     return {f"phases.{p}.{k}": v for p in ("heads", "full") for k, v in values.items()}
 
 
@@ -84,8 +83,7 @@ PROTOCOLS = {
         "plain": {"model.dropout": 0.0, "phases.heads.momentum": 0.0, "train.batch_size": 32,
                   "train.reload_best_between_phases": False, **_both(stop_min_delta=0.003)},
         "backbones": {"mobilenet": "mobilenet_authors", "inceptionv3": "inceptionv3_authors"},
-        # Per table cell (run name): the recipe of the script that produced its printed number,
-        # where it is not the one above (FIDELITY.md A6, A10, A11).
+        # Per cell (run name): the recipe behind its printed number (FIDELITY.md A6, A10, A11)
         "cells": {
             # inceptionV3/pretrain_InceptionV3_CIFAR100.py, as its stored run ran (A10)
             "cifar100-inceptionv3-plain": {"model.input_size": 139, **_both(
