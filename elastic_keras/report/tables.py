@@ -4,9 +4,10 @@ import math
 from dataclasses import dataclass
 
 from elastic_keras.report import paper
-from elastic_keras.runs.config import PROTOCOL, PROTOCOLS
+from elastic_keras.runs.config import PROTOCOLS
 from elastic_keras.errors import ElasticKerasError
 from elastic_keras.report.intervals import interval, paired
+from elastic_keras.report.sources import UNLIKE, marks, measured_on, source_run
 from elastic_keras.runs.names import CIFAR_SETS, RunName, seed_name
 
 TABLE1_DATASETS = CIFAR_SETS  # Table I's column groups, in the paper's order
@@ -72,41 +73,6 @@ def improvement_pct(without, with_):
     if math.isnan(without) or math.isnan(with_) or without == 0:
         return math.nan
     return 100.0 * (without - with_) / without
-
-
-def _measured_on(src, protocol):
-    """The run name a paper number was measured on, under `protocol`'s names."""
-    backbone = {v: k for k, v in PROTOCOLS[protocol]["backbones"].items()}.get(src["run"],
-                                                                              src["run"])
-    return run_name(src["dataset"], backbone, src["column"] == "without")
-
-
-def _other_input(src, protocol):
-    """True when the number came from an input size that `protocol` does not train its run
-    at (InceptionV3 CIFAR-100 without exits: 139 px; FIDELITY.md A10)."""
-    if not src["input"]:
-        return False
-    cell = PROTOCOLS[protocol]["cells"].get(_measured_on(src, protocol), {})
-    return cell.get("model.input_size", PROTOCOL["model"]["input_size"]) != int(src["input"])
-
-
-def _source_run(src, protocol):
-    """The run name a paper number was measured on (None where no run of `protocol` is
-    trained as it was)."""
-    return None if _other_input(src, protocol) else _measured_on(src, protocol)
-
-
-def marks(src, name, protocol):
-    """How the paper number of a cell differs from our run `name` of it (FIDELITY.md A8):
-    a (another network), i (another input size), p (the second-to-last output), e (one
-    epoch's value, not the lowest), ? (not found in the authors' results)."""
-    return ("a" if _measured_on(src, protocol) != name else "") + \
-        ("i" if _other_input(src, protocol) else "") + \
-        ("p" if src["exit"] == "penultimate" else "") + \
-        {"epoch": "e", "not found": "?"}.get(src["origin"], "")
-
-
-UNLIKE = set("aip")  # marks that make a cell's Δ no like-with-like difference
 
 
 def _cell(row, ds, key, runs, src, selected, seeds):
@@ -178,7 +144,7 @@ def like_with_like(runs, selected, groups, models, seeds=1):
     it was measured on (the mean over its finished seeds)."""
     found = []
     for src in paper.table1_sources():
-        name = _source_run(src, runs.protocol)
+        name = source_run(src, runs.protocol)
         if src["dataset"] not in groups or src["model"] not in models:
             continue
         if name is None or name not in selected:
@@ -190,7 +156,7 @@ def like_with_like(runs, selected, groups, models, seeds=1):
             status = runs.seen[name][0]
         found.append({**src, "ours_run": name or "", "ours": ours, "status": status,
                       "diff": ours - src["paper"],
-                      "marks": marks(src, _measured_on(src, runs.protocol), runs.protocol)})
+                      "marks": marks(src, measured_on(src, runs.protocol), runs.protocol)})
     return found
 
 
