@@ -84,3 +84,12 @@ def test_setup_cfg_lists_every_wing():
     listed = set(re.findall(r"^\s+(elastic_keras(?:\.\w+)?)\s*$", text, re.M))
     wings = {f"elastic_keras.{w}" for w in WINGS if os.path.isdir(os.path.join(PKG, w))}
     assert wings | {"elastic_keras", "elastic_keras.configs"} <= listed
+
+
+def test_the_readme_layout_names_every_module():
+    readme = open(os.path.join(REPO, "README.md"), encoding="utf-8").read()
+    layout = readme[readme.index("## Layout"):]
+    layout = layout[:layout.index("```", layout.index("```") + 3)]
+    missing = [m for m, path in _modules() if not m.endswith("__init__") and m != "__main__"
+               and not re.search(rf"\b{re.escape(os.path.basename(path))}\b", layout)]
+    assert not missing, missing
