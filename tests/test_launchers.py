@@ -56,7 +56,7 @@ def test_a_failing_run_fails_alone_and_the_summary_names_it(tmp_path):
     (broken / "config.json").write_text('{"name": ')  # a corrupt run directory
     r = _reproduce(tmp_path, runs="cifar10-mobilenet-elastic,cifar10-mobilenet-plain")
     assert r.returncode == 1, r.stderr
-    assert "1 failed: cifar10-mobilenet-plain" in r.stdout and "corrupt" in r.stdout
+    assert "1 failed: synthetic10-mobilenet-plain" in r.stdout and "corrupt" in r.stdout
     assert (tmp_path / "runs" / "smoke" / "synthetic" / "synthetic10-mobilenet-elastic" /
             "results.json").exists()
     md = (tmp_path / "results" / "smoke-synthetic-table1.md").read_text()
