@@ -5,6 +5,7 @@ sweep, end in exit status 1.
 """
 
 import argparse
+import signal
 import sys
 
 from elastic_keras import commands as C
@@ -204,16 +205,37 @@ def build_parser():
     return p
 
 
-def main(argv=None):
-    args = build_parser().parse_args(argv)
-    try:
-        from elastic_keras.backend.environment import import_keras_quietly
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (what a cluster scheduler sends), raised where the program is, as SIGINT's
+    KeyboardInterrupt is: the same path out, state left resumable (FIDELITY.md R11)."""
 
-        import_keras_quietly()
+
+def _terminate(signum, frame):
+    raise Terminated()
+
+
+def main(argv=None):
+    """Parse, run the command; one line and exit status 2 for bad input or an OS error.
+
+    No network library is imported here: the commands that need one import it
+    (commands.py), so --help, configs, tables and --dry-run start fast (FIDELITY.md R12).
+    """
+    args = build_parser().parse_args(argv)
+    previous = signal.signal(signal.SIGTERM, _terminate)
+    try:
         return args.func(args)
     except ElasticKerasError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
+    except OSError as e:  # the one place an OS error becomes a line (FIDELITY.md R10)
+        from elastic_keras.files import os_error_line
+
+        print(f"error: {os_error_line(e)}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt as e:
+        what, status = ("terminated (SIGTERM)", 143) if isinstance(e, Terminated) else (
+            "interrupted", 130)
+        print(f"{what}: every finished epoch is kept; the same command resumes", file=sys.stderr)
+        return status
+    finally:
+        signal.signal(signal.SIGTERM, previous)

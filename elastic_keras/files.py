@@ -1,6 +1,7 @@
 """Files: atomic writes (a result is complete on disk or absent), JSON, the one CSV writer, locks."""
 
 import csv
+import errno
 import fcntl
 import io
 import json
@@ -31,6 +32,8 @@ def atomic_path(path, suffix=""):
     `suffix` keeps a required ending (Keras wants `.weights.h5`, `.keras`).
     """
     path = os.fspath(path)
+    if os.path.isdir(path):
+        raise IsADirectoryError(errno.EISDIR, "a folder, not a file", path)
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=suffix, dir=folder)
@@ -69,6 +72,48 @@ def read_json(path):
                                 "directory") from None
     except OSError as e:
         raise ElasticKerasError(f"cannot read {path}: {e.strerror}") from None
+
+
+# What to do about an OS error, by its errno (FIDELITY.md R10).
+_ADVICE = {
+    errno.EACCES: "make it writable or choose another folder (--out, --runs-root)",
+    errno.EPERM: "make it writable or choose another folder (--out, --runs-root)",
+    errno.EROFS: "the file system is read-only: choose a folder on another one",
+    errno.ENOSPC: "the disk is full: free some space, then run the command again",
+    errno.EDQUOT: "the disk quota is spent: free some space, then run the command again",
+    errno.ENAMETOOLONG: "choose a shorter name or a shorter path",
+    errno.ENOTDIR: "a file stands where a folder is needed: move it or choose another path",
+    errno.EEXIST: "a file stands where a folder is needed: move it or choose another path",
+    errno.EISDIR: "a folder stands where a file is needed: give a file path",
+    errno.ENOENT: "check the path",
+}
+
+
+def os_error_line(e: OSError) -> str:
+    """One line for an OS error: the path, what went wrong, what to do (FIDELITY.md R10)."""
+    where = f"{e.filename}" + (f" -> {e.filename2}" if e.filename2 else "")
+    what = e.strerror or str(e)
+    advice = _ADVICE.get(e.errno, "check the path and its permissions")
+    return f"{where}: {what}; {advice}" if e.filename else f"{what}; {advice}"
+
+
+def check_writable_folder(path, option):
+    """Make sure `path` is (or can be made) a folder this process can write into, before any
+    work is done; otherwise one line naming `option`, the path and what to do (FIDELITY.md
+    R10). Creates the folder."""
+    path = os.fspath(path)
+    try:
+        os.makedirs(path, exist_ok=True)
+        fd, probe = tempfile.mkstemp(prefix=".tmp-probe-", dir=path)
+        os.close(fd)
+        os.remove(probe)
+    except OSError as e:
+        if e.errno in (errno.EEXIST, errno.ENOTDIR):
+            e = OSError(errno.ENOTDIR, "a file, not a folder", e.filename)
+        elif e.filename and os.path.basename(e.filename).startswith(".tmp-probe-"):
+            e = OSError(e.errno, e.strerror, path)  # name the folder, not the probe
+        raise ElasticKerasError(f"{option} {os_error_line(e)}") from None
+    return path
 
 
 def save_arrays(path, arrays):

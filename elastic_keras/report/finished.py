@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from elastic_keras.errors import ElasticKerasError
 from elastic_keras.runs import rundir
 from elastic_keras.runs.names import RunName, Setting, seed_name
+from elastic_keras.training.state import EVALUATED, FAILED
 
 MISSING, UNFINISHED, FINISHED = "missing", "unfinished", "finished"
 
@@ -31,13 +32,16 @@ class Runs:
         (FIDELITY.md G6)."""
         if name not in self.seen:
             path = self.setting.run_path(self.root, RunName.parse(name))
-            results = rundir.RunDir(path).results  # None unless finished
-            status = MISSING if not os.path.isdir(path) else \
-                FINISHED if results is not None else UNFINISHED
+            status, results = _read(rundir.RunDir(path))
             if results is not None:
                 self._check_provenance(path, results, dataset)
             self.seen[name] = (status, path, results)
         return self.seen[name][2]
+
+    @property
+    def any_finished(self) -> bool:
+        """Whether a run read so far is finished (a table without one is not written)."""
+        return any(s == FINISHED for s, _, _ in self.seen.values())
 
     def _check_provenance(self, path, res, dataset):  # FIDELITY.md G5
         expected = {"dataset": self.setting.data or dataset, "protocol": self.protocol}
@@ -67,6 +71,25 @@ class Runs:
         found = {f"{r['backend']} / {r['device']}" for n in names
                  if n in self.seen and (r := self.seen[n][2]) and "backend" in r}
         return "; ".join(sorted(found))
+
+
+def _read(run):
+    """(status, results or None) of a run directory. A failed run says why, and so does one
+    whose files cannot be read: the table is written for the others (FIDELITY.md R13)."""
+    if not os.path.isdir(run.dir):
+        return MISSING, None
+    try:
+        status, results = run.status, run.results
+    except ElasticKerasError as e:
+        return f"unreadable: {e}", None
+    if results is not None:
+        return FINISHED, results
+    if status == FAILED:
+        return f"failed: {run.state.failure}", None
+    if status == EVALUATED:
+        return (f"unfinished: {run.path(rundir.RESULTS)} is missing or unreadable "
+                "(`python -m elastic_keras evaluate` rebuilds it)"), None
+    return f"{UNFINISHED} ({status})", None
 
 
 def error_at(results, exit_kind):

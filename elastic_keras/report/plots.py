@@ -4,7 +4,6 @@ import re
 
 from elastic_keras.errors import ElasticKerasError
 from elastic_keras.model.exits import FINAL, exit_name
-from elastic_keras.runs.history import read_history
 
 _EXIT_LOSS = re.compile(r"^exit_(\d+)_loss$")
 
@@ -100,7 +99,9 @@ def plot_exit_curves(history, metric="loss", ax=None, outputs=None, title=None):
     handles, labels = ax.get_legend_handles_labels()
     handles += [Line2D([], [], color="0.3", ls="-"), Line2D([], [], color="0.3", ls="--")]
     labels += ["train", "validation"]
-    ax.legend(handles, labels, fontsize="x-small", ncol=2 if len(labels) > 8 else 1)
+    # Beside the axes, never over the curves.
+    ax.legend(handles, labels, fontsize="x-small", ncol=2 if len(labels) > 16 else 1,
+              loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0.0)
     ax.set_xlabel("epoch")
     ax.set_ylabel(metric)
     if title:
@@ -160,10 +161,10 @@ def new_figure(*args, **kwargs):
 def plot_run(run, out=None):
     """Loss and accuracy of every exit of one run (a RunDir), labelled with its profile and
     data; curves.png in the run directory unless `out` is given."""
-    history = read_history(run.dir)
+    history = run.history()
     cfg = run.config
     label = f"{cfg['name']} ({cfg['profile']} profile, {cfg['data']['dataset']} data)"
-    fig = new_figure(figsize=(14, 5))
+    fig = new_figure(figsize=(16, 5))
     for i, metric in enumerate(("loss", "accuracy")):
         plot_exit_curves(history, metric, ax=fig.add_subplot(1, 2, i + 1),
                          title=f"{label}: {metric} of every exit")
@@ -175,12 +176,13 @@ def figure3(runs_root, setting, out):
     Elastic-DenseNet-121 and DenseNet-121 runs. Both histories or an error: never half a
     figure (FIDELITY.md G14)."""
     from elastic_keras.runs.names import RunName
+    from elastic_keras.runs.rundir import RunDir
 
     histories, missing = {}, []
     for label, plain in (("Elastic-DenseNet-121", False), ("DenseNet-121", True)):
         path = setting.run_path(runs_root, RunName("cifar10", "densenet121", plain))
         try:
-            histories[label] = read_history(path)
+            histories[label] = RunDir(path).history()
         except ElasticKerasError as e:
             missing.append(str(e))
     if missing:

@@ -173,10 +173,12 @@ def table2_markdown(rows, runs):
 
 
 def write_tables(runs_root, setting, out_dir="results", selected=None,
-                 which=("table1", "table2"), compute_missing=False, seeds=1):
+                 which=("table1", "table2"), compute_missing=False, seeds=1,
+                 log=print):
     """Write <out>/<prefix>table1.{csv,md} and table2.{csv,md} atomically; return
     {key: (csv path, md path)} and the like-with-like list. Only finished runs are read;
-    `selected` (run names) limits Table I to the rows and groups that hold them."""
+    `selected` (run names) limits Table I to the rows and groups that hold them. A table
+    with no finished run is not written: that is said instead (FIDELITY.md R13)."""
     if any(v is not None and (not v or os.sep in v) for v in (setting.profile,
                                                                setting.protocol, setting.data)):
         raise ElasticKerasError(f"profile, protocol and data must be names without "
@@ -185,13 +187,27 @@ def write_tables(runs_root, setting, out_dir="results", selected=None,
     if "table1" in which:
         runs = Runs(runs_root, setting)
         rows, like = tables.table1(runs, selected, seeds)
-        written["table1"] = _write(out_dir, pre + "table1", rows,
-                                   table1_markdown(rows, like, runs))
+        if _any_finished(runs, "table1", log):
+            written["table1"] = _write(out_dir, pre + "table1", rows,
+                                       table1_markdown(rows, like, runs))
     if "table2" in which:
         runs = Runs(runs_root, setting)
         t2 = tables.table2(runs, compute_missing, seeds)
-        written["table2"] = _write(out_dir, pre + "table2", t2, table2_markdown(t2, runs))
+        if compute_missing or _any_finished(runs, "table2", log):
+            written["table2"] = _write(out_dir, pre + "table2", t2, table2_markdown(t2, runs))
     return written, like, t2
+
+
+def _any_finished(runs, table, log):
+    if runs.any_finished:
+        return True
+    s = runs.setting
+    log(f"{table}: no finished run under {os.path.join(os.fspath(runs.root), s.folder)} "
+        f"(profile {s.profile}, protocol {s.protocol}, data {s.data or 'cifar'}); not written")
+    for name, (status, path, _) in sorted(runs.seen.items()):
+        if status != "missing":
+            log(f"    {name}: {status}")
+    return False
 
 
 def _write(out_dir, stem, rows, markdown):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import zipfile
 from typing import Any
 
 from elastic_keras import files
@@ -10,6 +11,16 @@ from elastic_keras.errors import ElasticKerasError
 from elastic_keras.training.state import RunState
 
 CKPT = "ckpt"
+# What a truncated, corrupt or missing checkpoint raises (h5py, numpy, zipfile).
+UNREADABLE = (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile)
+
+
+class CorruptCheckpoint(ElasticKerasError):
+    """A checkpoint file that cannot be loaded; its message names the file."""
+
+    def __init__(self, path: str, why: Any) -> None:
+        super().__init__(f"checkpoint {path} is unreadable ({str(why).strip()[:200]})")
+        self.path = path
 
 
 class CheckpointFiles:
@@ -39,21 +50,47 @@ class CheckpointFiles:
         return saved
 
     def load_weights(self, net: Any, checkpoint: dict[str, Any]) -> None:
-        net.load_weights(self.path(checkpoint["file"]))
+        path = self.path(checkpoint["file"])
+        try:
+            net.load_weights(path)
+        except UNREADABLE as e:
+            raise CorruptCheckpoint(path, e) from None
 
     def load_optimizer(self, optimizer: Any, variables: Any, checkpoint: dict[str, Any]) -> None:
         optimizer.build(variables)
-        arrays = files.load_arrays(self.path(checkpoint["optimizer"]))
+        path = self.path(checkpoint["optimizer"])
+        try:
+            arrays = files.load_arrays(path)
+        except UNREADABLE as e:
+            raise CorruptCheckpoint(path, e) from None
         if len(arrays) != len(optimizer.variables):
-            raise ElasticKerasError(f"{self.dir}: optimizer checkpoint does not fit the model")
+            raise CorruptCheckpoint(path, f"{len(arrays)} arrays for an optimizer of "
+                                          f"{len(optimizer.variables)} variables")
         for var, value in zip(optimizer.variables, arrays):
             var.assign(value)
+
+    def fall_back(self, state: RunState, corrupt: CorruptCheckpoint, log=print) -> None:
+        """After a corrupt last checkpoint: go back to the one before it, if the state kept
+        one (the epochs after it are trained again), and say so; else fail with one line
+        naming the file (FIDELITY.md R10)."""
+        last = {state.last.get("file"), state.last.get("optimizer")} if state.last else set()
+        if os.path.relpath(corrupt.path, self.dir) not in last or not state.previous:
+            raise ElasticKerasError(f"{corrupt}; no earlier checkpoint to go back to: delete "
+                                    f"{self.dir} to train the run again") from None
+        epochs = state.previous["epochs"]
+        state.roll_back()
+        self.write_state(state)
+        log(f"{corrupt}: going back to the checkpoint of epoch {epochs} (ckpt/"
+            f"{os.path.basename(state.last['file'])}); epoch {epochs + 1} is trained again")
 
     def prune_checkpoints(self, state: RunState) -> None:
         """Remove the checkpoints this run wrote that its state no longer points to."""
         self._locked()
-        keep = {state.last["file"], state.last.get("optimizer")} if state.last else set()
-        keep |= {b["file"] for b in state.best.values()}
+        keep = set()
+        for point in (state.as_dict(), state.previous or {}):  # the fallback's files too
+            if point.get("last"):
+                keep |= {point["last"]["file"], point["last"].get("optimizer")}
+            keep |= {b["file"] for b in point.get("best", {}).values()}
         files.remove_unlisted(self.path(CKPT), {os.path.basename(k) for k in keep if k},
                               prefixes=("epoch-", "best-epoch-"))
 

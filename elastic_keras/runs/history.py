@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from typing import Any
 
+from elastic_keras import files
 from elastic_keras.errors import ElasticKerasError
 
 HISTORY = "history.csv"
@@ -21,6 +22,12 @@ def history_columns(rows: list[dict[str, Any]], outputs: list[str]) -> list[str]
     return [c for c in lead if c in present] + list(dict.fromkeys(rest))
 
 
+def row_outputs(rows: list[dict[str, Any]]) -> list[str]:
+    """The exits of history rows, in depth order (the order their columns were logged in)."""
+    return [k.removesuffix("_accuracy") for k in rows[0]
+            if k.endswith("_accuracy") and not k.startswith("val_")]
+
+
 def read_history(path: str | os.PathLike[str]) -> Any:
     """A run's history.csv (a run directory or the file itself) as a pandas DataFrame."""
     import pandas as pd
@@ -35,3 +42,37 @@ def read_history(path: str | os.PathLike[str]) -> Any:
     if missing or df.empty:
         raise ElasticKerasError(f"{path}: not a history.csv (missing columns {missing} or no rows)")
     return df
+
+
+class HistoryFile:
+    """The history half of a run directory (RunDir): history.csv, written after every epoch,
+    rebuilt from state.json's history when it is missing."""
+
+    dir: str
+
+    def path(self, *parts: str) -> str:
+        return os.path.join(self.dir, *parts)
+
+    def write_history(self, rows: list[dict[str, Any]], outputs: list[str]) -> None:
+        """history.csv: one row per epoch, columns in depth order of the exits."""
+        self._locked()
+        files.write_csv(self.path(HISTORY), history_columns(rows, outputs), rows)
+
+    def history(self) -> Any:
+        """history.csv as a DataFrame; when it is missing, rebuilt first from state.json's
+        history, which holds every epoch's row (FIDELITY.md R10)."""
+        if not os.path.isfile(self.path(HISTORY)):
+            state = self.state if self.exists else None
+            if not state or not state.history:
+                raise ElasticKerasError(
+                    f"no training history: {self.path(HISTORY)} is missing and "
+                    f"{self.path('state.json') if state else 'the run'} holds no finished "
+                    "epoch")
+            try:
+                with self.lock(wait=False):
+                    self.write_history(state.history, row_outputs(state.history))
+            except ElasticKerasError:  # RunBusy: another worker trains it
+                raise ElasticKerasError(f"{self.path(HISTORY)} is missing and the run is being "
+                                        "trained: it is written again after its next epoch"
+                                        ) from None
+        return read_history(self.path(HISTORY))

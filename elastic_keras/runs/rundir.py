@@ -28,7 +28,7 @@ from typing import Any
 from elastic_keras import files
 from elastic_keras.errors import ElasticKerasError
 from elastic_keras.runs.checkpoints import CKPT, CheckpointFiles
-from elastic_keras.runs.history import HISTORY, history_columns
+from elastic_keras.runs.history import HISTORY, HistoryFile
 from elastic_keras.runs.names import Setting
 from elastic_keras.training.state import (
     CLAIMED, EVALUATED, FAILED, TRAINED, TRAINING, RunState)
@@ -66,7 +66,7 @@ class RunBusy(ElasticKerasError):
     """Another live worker holds the run's lock."""
 
 
-class RunDir(CheckpointFiles):
+class RunDir(CheckpointFiles, HistoryFile):
     """One run directory; every read and write of its files goes through here."""
 
     def __init__(self, path: str | os.PathLike[str]) -> None:
@@ -106,12 +106,21 @@ class RunDir(CheckpointFiles):
 
     @property
     def finished(self) -> bool:
-        """Trained and evaluated: the only runs whose numbers may be reported."""
-        return self.status == EVALUATED and os.path.isfile(self.path(RESULTS))
+        """Trained and evaluated, its results.json readable: the only runs whose numbers may
+        be reported."""
+        return self.results is not None
 
     @property
     def results(self) -> dict[str, Any] | None:
-        return files.read_json(self.path(RESULTS)) if self.finished else None
+        """results.json of an evaluated run; None when it is missing or unreadable (the run
+        is then evaluated again: FIDELITY.md R10)."""
+        if self.status != EVALUATED or not os.path.isfile(self.path(RESULTS)):
+            return None
+        try:
+            results = files.read_json(self.path(RESULTS))
+        except ElasticKerasError:
+            return None
+        return results if isinstance(results, dict) and "exits" in results else None
 
     def require(self, status: str, doing: str) -> None:
         """Refuse `doing` unless the run is in `status` (one line saying where it stands)."""
@@ -213,11 +222,6 @@ class RunDir(CheckpointFiles):
         """Record the failure (the run stays inspectable; results are never written)."""
         state.status, state.failure = FAILED, message
         self.write_state(state)
-
-    def write_history(self, rows: list[dict[str, Any]], outputs: list[str]) -> None:
-        """history.csv: one row per epoch, columns in depth order of the exits."""
-        self._locked()
-        files.write_csv(self.path(HISTORY), history_columns(rows, outputs), rows)
 
     def write_results(self, state: RunState, results: dict[str, Any]) -> None:
         """results.json, then the state that says the run is evaluated."""

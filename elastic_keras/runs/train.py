@@ -4,8 +4,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from elastic_keras.runs.rundir import RunDir, config_diff, run_dir_for
+from elastic_keras.runs.checkpoints import CorruptCheckpoint
+from elastic_keras.runs.rundir import RESULTS, RunDir, config_diff, run_dir_for
 from elastic_keras.training.loop import Job, fit, make_trainer
+from elastic_keras.training.state import EVALUATED
 
 
 def train(cfg: dict[str, Any], runs_root: str = "runs", run_dir: str | None = None, log=print,
@@ -29,17 +31,30 @@ def train(cfg: dict[str, Any], runs_root: str = "runs", run_dir: str | None = No
         if state.history:
             log(f"[{cfg['name']}] resuming after epoch {len(state.history)} "
                 f"(phase '{state.phase}', {state.phase_epoch} epochs into it)")
-        fit(run, job, state, log, verbose)
+        _fit(run, job, state, log, verbose)
         from elastic_keras.runs.evaluate import evaluate_run
 
         evaluate_run(run, job.net, job.data, state, log)
     return run
 
 
+def _fit(run, job, state, log, verbose):
+    """The loop; a corrupt last checkpoint sends the run back to the one before, once, and
+    says so; without one the run fails with the file's name (FIDELITY.md R10)."""
+    try:
+        fit(run, job, state, log, verbose)
+    except CorruptCheckpoint as e:
+        run.fall_back(state, e, log)
+        fit(run, job, state, log, verbose)
+
+
 def _finished(run, cfg, log):
     if run.finished and not config_diff(run.config, cfg):
         log(f"[{cfg['name']}] finished already: {run.dir}")
         return True
+    if run.status == EVALUATED and not config_diff(run.config, cfg):
+        log(f"[{cfg['name']}] {run.path(RESULTS)} is missing or unreadable: evaluating the "
+            "run again")
     return False
 
 

@@ -17,16 +17,21 @@ LAUNCHERS = ("local", "ray")
 
 def train_one(cfg, runs_root, allow_cpu, log, wait):
     """Train one config; returns ("finished" | "done before" | "busy" | "failed", message)."""
+    from elastic_keras.files import os_error_line
     from elastic_keras.runs.train import train
 
-    run = RunDir(run_dir_for(cfg, runs_root))
-    was_finished = run.exists and run.finished
+    # Everything that reads the run's files is inside: a corrupt file fails this run alone
+    # (FIDELITY.md R10).
     try:
+        run = RunDir(run_dir_for(cfg, runs_root))
+        was_finished = run.exists and run.finished
         train(cfg, runs_root=runs_root, log=log, allow_cpu=allow_cpu, wait=wait)
     except RunBusy as e:
         return "busy", str(e)
     except ElasticKerasError as e:
         return "failed", str(e)
+    except OSError as e:
+        return "failed", os_error_line(e)
     return ("done before" if was_finished else "finished"), ""
 
 
@@ -69,8 +74,9 @@ def make_launcher(name="local", gpus_per_run=None, cpus_per_run=1.0, profile="pa
             raise ElasticKerasError("--gpus-per-run applies to --launcher ray")
 
         def local(configs, runs_root="runs", allow_cpu=False, log=print):
-            from elastic_keras.backend.environment import check_accelerator
+            from elastic_keras.backend.environment import check_accelerator, import_keras_quietly
 
+            import_keras_quietly()  # the runs train here (FIDELITY.md R12)
             check_accelerator(profile, allow_cpu)  # once, before any run
             return local_launcher(configs, runs_root, allow_cpu, log)
         return local

@@ -4,11 +4,13 @@ import json
 import os
 import time
 
+from elastic_keras import files
 from elastic_keras.runs.config import load_config
 from elastic_keras.data.cifar import CIFAR
 from elastic_keras.errors import ElasticKerasError
 from elastic_keras.model.registry import REGISTRY
 from elastic_keras.runs.names import RunName, Setting
+from elastic_keras.runs.rundir import RunDir, run_dir_for
 from elastic_keras.report.tables import table_runs
 
 
@@ -83,19 +85,25 @@ def reproduce(table, profile="paper", protocol="paper", data=None, data_dir=None
     if not configs:
         raise ElasticKerasError(f"no run of {table} to do with data {data!r}")
     setting = Setting.of(configs[0])
-    setting.record(runs_root)
+    # Where results go is checked before any run trains (FIDELITY.md R10).
+    files.check_writable_folder(runs_root, "--runs-root")
+    files.check_writable_folder(out_dir, "--out")
     start = time.time()
-    failures = (launcher or local_launcher)(configs, runs_root=runs_root, allow_cpu=allow_cpu,
-                                            log=log)
+    try:
+        failures = (launcher or local_launcher)(configs, runs_root=runs_root,
+                                                allow_cpu=allow_cpu, log=log)
+    finally:  # the last setting is one that has runs: a refused sweep records nothing (R13)
+        if any(RunDir(run_dir_for(c, runs_root)).exists for c in configs):
+            setting.record(runs_root)
     log(f"=== {len(configs)} runs ended in {time.time() - start:.0f} s"
         + (f"; {len(failures)} failed: " + ", ".join(n for n, _ in failures) if failures else ""))
     for name, message in failures:
         log(f"    {name}: {message}")
     return _write(table, setting, runs_root, out_dir, skipped, runs, protocol, seeds,
-                  backbone), failures
+                  backbone, log), failures
 
 
-def _write(table, setting, runs_root, out_dir, skipped, runs, protocol, seeds, backbone):
+def _write(table, setting, runs_root, out_dir, skipped, runs, protocol, seeds, backbone, log):
     """The tables of the sweep, written once after every run has ended."""
     if table == "methods":
         from elastic_keras.report.methods import write_methods
@@ -109,7 +117,7 @@ def _write(table, setting, runs_root, out_dir, skipped, runs, protocol, seeds, b
     cells = [n for n in select(table, runs, protocol) if n not in skipped]
     which = [t for t in ("table1", "table2") if t == table or set(cells) & set(table_runs(t))]
     return write_tables(runs_root, setting, out_dir, selected=cells, which=which,
-                        seeds=seeds)[0]
+                        seeds=seeds, log=log)[0]
 
 
 def train_seeds(configs, runs_root="runs", allow_cpu=False, run_dir=None, log=print):

@@ -92,6 +92,8 @@ def start_phase(run, job, state, index, phases, log):
         run.load_weights(job.net, state.best[before])
         log(f"[{job.cfg['name']}] phase '{name}' starts from the best '{before}' checkpoint "
             f"(epoch {state.best[before]['epoch']})")
+    elif state.last:  # the previous phase's last weights (a resumed run starts fresh: R10)
+        run.load_weights(job.net, state.last)
 
 
 def set_trainable(net: Any, trainable: str) -> None:
@@ -164,6 +166,7 @@ def end_epoch(run, job, state, row, phase):
     from elastic_keras.training.schedule import early_stop, plateau
 
     name, epoch = row["phase"], row["epoch"]
+    state.previous = state.snapshot() if state.last else None  # kept for a fallback (R10)
     state.history.append(row)
     state.phase_epoch += 1
     state.status = TRAINING

@@ -34,6 +34,7 @@ class StepProgress(keras.callbacks.Callback):
     def on_epoch_begin(self, epoch, logs=None):
         self.start = self.last = self.val_start = time.perf_counter()
         self.train_s = self.val_s = 0.0
+        self.first = None  # the end of the first step: tracing and compiling are before it
 
     def on_test_begin(self, logs=None):
         self.val_start = time.perf_counter()
@@ -44,15 +45,23 @@ class StepProgress(keras.callbacks.Callback):
 
     def on_train_batch_end(self, batch, logs=None):
         now = time.perf_counter()
+        if self.first is None:
+            self.first = (batch + 1, now)
         if now - self.last < self.every or not logs:
             return
         self.last = now
         steps = self.params.get("steps") or 0
         done = batch + 1
-        rate = done * self.batch_size / max(now - self.start, 1e-9)
-        eta = (steps - done) * (now - self.start) / done if steps else 0
-        text = (f"{self.label} step {done}/{steps} loss {float(logs['loss']):.4f}, "
-                f"{rate:.0f} img/s, {duration(eta)} left")
+        # Rate and time left from the steps after the first, whose time is mostly tracing
+        # and compiling (FIDELITY.md B5): no "0 img/s, 1h06m left" after a slow first step.
+        since, at = self.first
+        if done > since:
+            per_step = (now - at) / (done - since)
+            speed = (f"{self.batch_size / per_step:.0f} img/s, "
+                     f"{duration((steps - done) * per_step)} left" if steps else "")
+        else:
+            speed = f"first step {duration(now - self.start)} (tracing)"
+        text = f"{self.label} step {done}/{steps} loss {float(logs['loss']):.4f}, {speed}"
         self.stream.write(("\r" + text + "\033[K") if self.live else text + "\n")
         self.stream.flush()
 
@@ -70,9 +79,14 @@ def epoch_line(label, row, train_images, val_images):
     val = f", val {row['val_loss']:.4f}" if "val_loss" in row else ""
     acc = (f", final acc {row['final_accuracy']:.3f}/{row.get('val_final_accuracy', 0):.3f}"
            if "final_accuracy" in row else "")
-    return (f"{label} loss {row['loss']:.4f}{val}{acc} ({duration(secs)}, "
-            f"{train_images / max(row['train_s'], 1e-9):.0f} img/s train, "
-            f"{val_images / max(row['val_s'], 1e-9):.0f} img/s val)")
+    # The epoch's time is split so that its parts add up: Keras' set-up of fit (data
+    # adapters, function building) is outside training and validation (FIDELITY.md B5).
+    other = secs - row["train_s"] - row["val_s"]
+    return (f"{label} loss {row['loss']:.4f}{val}{acc} ({duration(secs)}: "
+            f"{duration(row['train_s'])} train at {train_images / max(row['train_s'], 1e-9):.0f}"
+            f" img/s, {duration(row['val_s'])} val at "
+            f"{val_images / max(row['val_s'], 1e-9):.0f} img/s"
+            + (f", {duration(other)} set-up" if other >= 1 else "") + ")")
 
 
 class SweepClock:
