@@ -140,6 +140,7 @@ def _last_setting(args):
 
 def cmd_figure3(args):
     """Figure 3 of the paper from the CIFAR-10 DenseNet-121 runs' histories."""
+    _network_library()  # plots name the exits through model.exits, which imports Keras
     from elastic_keras.report.plots import figure3
 
     setting = _last_setting(args)
@@ -202,6 +203,7 @@ def cmd_calibrate(args):
 
 def cmd_plot(args):
     """Loss and accuracy of every exit of a run, as a PNG."""
+    _network_library()  # plots name the exits through model.exits, which imports Keras
     from elastic_keras.report.plots import plot_run
     from elastic_keras.runs.rundir import open_run
 

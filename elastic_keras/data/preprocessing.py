@@ -3,9 +3,8 @@
 import keras
 from keras import ops
 
+from elastic_keras.data.datasets import PREPROCESS_MODES as MODES  # (FIDELITY.md A3)
 from elastic_keras.errors import ElasticKerasError
-
-MODES = ("paper", "authors")  # "paper": [0, 1]; "authors": inception_v3 [-1, 1] (A3)
 
 # paper: bilinear resize, scale to [0, 1] (PAPER.md section 5).
 # authors: bilinear resize on the uint8 grid (scipy.misc.imresize rounds back to uint8),

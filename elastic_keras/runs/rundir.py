@@ -106,14 +106,12 @@ class RunDir(CheckpointFiles, HistoryFile):
 
     @property
     def finished(self) -> bool:
-        """Trained and evaluated, its results.json readable: the only runs whose numbers may
-        be reported."""
+        """Evaluated, results.json readable: the only runs whose numbers may be reported."""
         return self.results is not None
 
     @property
     def results(self) -> dict[str, Any] | None:
-        """results.json of an evaluated run; None when it is missing or unreadable (the run
-        is then evaluated again: FIDELITY.md R10)."""
+        """results.json of an evaluated run; None if missing or unreadable (FIDELITY.md R10)."""
         if self.status != EVALUATED or not os.path.isfile(self.path(RESULTS)):
             return None
         try:
@@ -215,7 +213,11 @@ class RunDir(CheckpointFiles, HistoryFile):
             files.remove_unlisted(folder, keep=(), prefixes=(".tmp-",))
 
     def write_state(self, state: RunState) -> None:
+        """state.json; the state it replaces on a new epoch is kept as `previous` (R10)."""
         self._locked()
+        old = self.state if os.path.isfile(self.path(STATE)) else None
+        if old and old.last and len(old.history) < len(state.history):
+            state.previous = old.snapshot()
         files.write_json(self.path(STATE), state.as_dict())
 
     def fail(self, state: RunState, message: str) -> None:

@@ -166,7 +166,6 @@ def end_epoch(run, job, state, row, phase):
     from elastic_keras.training.schedule import early_stop, plateau
 
     name, epoch = row["phase"], row["epoch"]
-    state.previous = state.snapshot() if state.last else None  # kept for a fallback (R10)
     state.history.append(row)
     state.phase_epoch += 1
     state.status = TRAINING
