@@ -3,14 +3,8 @@
 import json
 import os
 
+from elastic_keras.backend.environment import import_keras_quietly as _network_library  # R12
 from elastic_keras.errors import ElasticKerasError
-
-def _network_library():
-    """Import Keras (and its backend) quietly: only the commands that build or run a network
-    call this, so the others start without it (FIDELITY.md R12)."""
-    from elastic_keras.backend.environment import import_keras_quietly
-
-    import_keras_quietly()
 
 
 def cmd_describe(args):

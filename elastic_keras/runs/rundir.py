@@ -22,7 +22,7 @@ import os
 import shutil
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from typing import Any
 
 from elastic_keras import files
@@ -112,12 +112,10 @@ class RunDir(CheckpointFiles, HistoryFile):
     @property
     def results(self) -> dict[str, Any] | None:
         """results.json of an evaluated run; None if missing or unreadable (FIDELITY.md R10)."""
-        if self.status != EVALUATED or not os.path.isfile(self.path(RESULTS)):
-            return None
-        try:
-            results = files.read_json(self.path(RESULTS))
-        except ElasticKerasError:
-            return None
+        results = None
+        if self.status == EVALUATED and os.path.isfile(self.path(RESULTS)):
+            with suppress(ElasticKerasError):
+                results = files.read_json(self.path(RESULTS))
         return results if isinstance(results, dict) and "exits" in results else None
 
     def require(self, status: str, doing: str) -> None:
