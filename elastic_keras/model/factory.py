@@ -10,20 +10,7 @@ import keras
 from elastic_keras.errors import ElasticKerasError
 from elastic_keras.model.exits import FINAL, ElasticModel, exit_name
 from elastic_keras.backend.keras_internals import graph_nodes, node_of, outputs_in_graph
-from elastic_keras.model.registry import DEFAULT_DROPOUT, get_spec
-
-PRECISIONS = ("float32", "mixed_bfloat16")  # train.precision (FIDELITY.md B8)
-
-
-
-
-
-
-
-
-
-
-
+from elastic_keras.model.registry import DEFAULT_DROPOUT, PRECISIONS, get_spec  # noqa: F401
 
 
 def _head(x, classes, dropout, name, flatten, pool=False):

@@ -4,6 +4,10 @@ from dataclasses import dataclass
 
 from elastic_keras.errors import ElasticKerasError
 
+# train.precision (FIDELITY.md B8); named here, where no Keras is imported, for the config
+# checks (FIDELITY.md R12). model/factory.py applies it.
+PRECISIONS = ("float32", "mixed_bfloat16")
+
 MOBILENET_ALPHAS = (0.25, 0.5, 0.75, 1.0)  # Keras' ImageNet weights exist for these
 DEFAULT_DROPOUT = 0.2  # of every exit: not in the paper; the authors' scripts (FIDELITY.md M2)
 

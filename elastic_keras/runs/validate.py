@@ -5,7 +5,7 @@ from elastic_keras.checks import (
     check_bool, check_choice, check_int, check_number, is_number)
 from elastic_keras.data.datasets import PREPROCESS_MODES as PREPROCESS
 from elastic_keras.errors import ElasticKerasError
-from elastic_keras.model.factory import PRECISIONS
+from elastic_keras.model.registry import PRECISIONS
 from elastic_keras.model.registry import MOBILENET_ALPHAS
 from elastic_keras.training.loop import BACKPROP, TRAINABLE
 
