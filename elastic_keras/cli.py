@@ -207,7 +207,7 @@ def build_parser():
 
 class Terminated(KeyboardInterrupt):
     """SIGTERM (what a cluster scheduler sends), raised where the program is, as SIGINT's
-    KeyboardInterrupt is: the same path out, state left resumable (FIDELITY.md R11)."""
+    KeyboardInterrupt is: the same path out, state left resumable (FIDELITY.md R12)."""
 
 
 def _terminate(signum, frame):
@@ -218,7 +218,7 @@ def main(argv=None):
     """Parse, run the command; one line and exit status 2 for bad input or an OS error.
 
     No network library is imported here: the commands that need one import it
-    (commands.py), so --help, configs, tables and --dry-run start fast (FIDELITY.md R12).
+    (commands.py), so --help, configs, tables and --dry-run start fast (FIDELITY.md R13).
     """
     args = build_parser().parse_args(argv)
     previous = signal.signal(signal.SIGTERM, _terminate)
@@ -227,7 +227,7 @@ def main(argv=None):
     except ElasticKerasError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    except OSError as e:  # the one place an OS error becomes a line (FIDELITY.md R10)
+    except OSError as e:  # the one place an OS error becomes a line (FIDELITY.md R11)
         from elastic_keras.files import os_error_line
 
         print(f"error: {os_error_line(e)}", file=sys.stderr)

@@ -3,7 +3,7 @@
 import json
 import os
 
-from elastic_keras.backend.environment import import_keras_quietly as _network_library  # R12
+from elastic_keras.backend.environment import import_keras_quietly as _network_library  # R13
 from elastic_keras.errors import ElasticKerasError
 
 

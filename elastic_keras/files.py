@@ -74,7 +74,7 @@ def read_json(path):
         raise ElasticKerasError(f"cannot read {path}: {e.strerror}") from None
 
 
-# What to do about an OS error, by its errno (FIDELITY.md R10).
+# What to do about an OS error, by its errno (FIDELITY.md R11).
 _ADVICE = {
     errno.EACCES: "make it writable or choose another folder (--out, --runs-root)",
     errno.EPERM: "make it writable or choose another folder (--out, --runs-root)",
@@ -90,7 +90,7 @@ _ADVICE = {
 
 
 def os_error_line(e: OSError) -> str:
-    """One line for an OS error: the path, what went wrong, what to do (FIDELITY.md R10)."""
+    """One line for an OS error: the path, what went wrong, what to do (FIDELITY.md R11)."""
     where = f"{e.filename}" + (f" -> {e.filename2}" if e.filename2 else "")
     what = e.strerror or str(e)
     advice = _ADVICE.get(e.errno, "check the path and its permissions")
@@ -100,7 +100,7 @@ def os_error_line(e: OSError) -> str:
 def check_writable_folder(path, option):
     """Make sure `path` is (or can be made) a folder this process can write into, before any
     work is done; otherwise one line naming `option`, the path and what to do (FIDELITY.md
-    R10). Creates the folder."""
+    R11). Creates the folder."""
     path = os.fspath(path)
     try:
         os.makedirs(path, exist_ok=True)

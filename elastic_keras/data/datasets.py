@@ -14,7 +14,7 @@ from elastic_keras.errors import ElasticKerasError
 
 DATASETS = (*CIFAR, "digits", "synthetic")  # the one list of dataset names
 # How images are scaled (data/preprocessing.py applies it; named here, where no Keras is
-# imported, for the config checks: FIDELITY.md R12). "paper": [0, 1]; "authors": [-1, 1].
+# imported, for the config checks: FIDELITY.md R13). "paper": [0, 1]; "authors": [-1, 1].
 PREPROCESS_MODES = ("paper", "authors")
 
 # The offline demo's real data (FIDELITY.md D7) and the tests' generated data (D8).

@@ -5,7 +5,7 @@ from dataclasses import dataclass
 from elastic_keras.errors import ElasticKerasError
 
 # train.precision (FIDELITY.md B8); named here, where no Keras is imported, for the config
-# checks (FIDELITY.md R12). model/factory.py applies it.
+# checks (FIDELITY.md R13). model/factory.py applies it.
 PRECISIONS = ("float32", "mixed_bfloat16")
 
 MOBILENET_ALPHAS = (0.25, 0.5, 0.75, 1.0)  # Keras' ImageNet weights exist for these

@@ -75,7 +75,7 @@ class Runs:
 
 def _read(run):
     """(status, results or None) of a run directory. A failed run says why, and so does one
-    whose files cannot be read: the table is written for the others (FIDELITY.md R13)."""
+    whose files cannot be read: the table is written for the others (FIDELITY.md R14)."""
     if not os.path.isdir(run.dir):
         return MISSING, None
     try:

@@ -178,7 +178,7 @@ def write_tables(runs_root, setting, out_dir="results", selected=None,
     """Write <out>/<prefix>table1.{csv,md} and table2.{csv,md} atomically; return
     {key: (csv path, md path)} and the like-with-like list. Only finished runs are read;
     `selected` (run names) limits Table I to the rows and groups that hold them. A table
-    with no finished run is not written: that is said instead (FIDELITY.md R13)."""
+    with no finished run is not written: that is said instead (FIDELITY.md R14)."""
     if any(v is not None and (not v or os.sep in v) for v in (setting.profile,
                                                                setting.protocol, setting.data)):
         raise ElasticKerasError(f"profile, protocol and data must be names without "

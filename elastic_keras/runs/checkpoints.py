@@ -72,7 +72,7 @@ class CheckpointFiles:
     def fall_back(self, state: RunState, corrupt: CorruptCheckpoint, log=print) -> None:
         """After a corrupt last checkpoint: go back to the one before it, if the state kept
         one (the epochs after it are trained again), and say so; else fail with one line
-        naming the file (FIDELITY.md R10)."""
+        naming the file (FIDELITY.md R11)."""
         last = {state.last.get("file"), state.last.get("optimizer")} if state.last else set()
         if os.path.relpath(corrupt.path, self.dir) not in last or not state.previous:
             raise ElasticKerasError(f"{corrupt}; no earlier checkpoint to go back to: delete "

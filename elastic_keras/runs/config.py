@@ -148,7 +148,7 @@ def _set(cfg, key, value, source):
     if parts[-1] not in node or isinstance(node[parts[-1]], dict) and not isinstance(value, dict):
         raise _unknown(key, source)
     if isinstance(value, dict):
-        if not value:  # every override changes something or is refused (FIDELITY.md R13)
+        if not value:  # every override changes something or is refused (FIDELITY.md R14)
             raise ElasticKerasError(f"{source}: {key}={{}} sets no key; set the keys it "
                                     f"holds ({key}.KEY=VALUE)")
         for k, v in value.items():

@@ -60,7 +60,7 @@ class HistoryFile:
 
     def history(self) -> Any:
         """history.csv as a DataFrame; when it is missing, rebuilt first from state.json's
-        history, which holds every epoch's row (FIDELITY.md R10)."""
+        history, which holds every epoch's row (FIDELITY.md R11)."""
         if not os.path.isfile(self.path(HISTORY)):
             state = self.state if self.exists else None
             if not state or not state.history:

@@ -111,7 +111,7 @@ class RunDir(CheckpointFiles, HistoryFile):
 
     @property
     def results(self) -> dict[str, Any] | None:
-        """results.json of an evaluated run; None if missing or unreadable (FIDELITY.md R10)."""
+        """results.json of an evaluated run; None if missing or unreadable (FIDELITY.md R11)."""
         results = None
         if self.status == EVALUATED and os.path.isfile(self.path(RESULTS)):
             with suppress(ElasticKerasError):
@@ -211,7 +211,7 @@ class RunDir(CheckpointFiles, HistoryFile):
             files.remove_unlisted(folder, keep=(), prefixes=(".tmp-",))
 
     def write_state(self, state: RunState) -> None:
-        """state.json; the state it replaces on a new epoch is kept as `previous` (R10)."""
+        """state.json; the state it replaces on a new epoch is kept as `previous` (R11)."""
         self._locked()
         old = self.state if os.path.isfile(self.path(STATE)) else None
         if old and old.last and len(old.history) < len(state.history):

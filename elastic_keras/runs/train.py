@@ -40,7 +40,7 @@ def train(cfg: dict[str, Any], runs_root: str = "runs", run_dir: str | None = No
 
 def _fit(run, job, state, log, verbose):
     """The loop; a corrupt last checkpoint sends the run back to the one before, once, and
-    says so; without one the run fails with the file's name (FIDELITY.md R10)."""
+    says so; without one the run fails with the file's name (FIDELITY.md R11)."""
     try:
         fit(run, job, state, log, verbose)
     except CorruptCheckpoint as e:

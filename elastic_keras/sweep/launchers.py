@@ -21,7 +21,7 @@ def train_one(cfg, runs_root, allow_cpu, log, wait):
     from elastic_keras.runs.train import train
 
     # Everything that reads the run's files is inside: a corrupt file fails this run alone
-    # (FIDELITY.md R10).
+    # (FIDELITY.md R11).
     try:
         run = RunDir(run_dir_for(cfg, runs_root))
         was_finished = run.exists and run.finished
@@ -76,7 +76,7 @@ def make_launcher(name="local", gpus_per_run=None, cpus_per_run=1.0, profile="pa
         def local(configs, runs_root="runs", allow_cpu=False, log=print):
             from elastic_keras.backend.environment import check_accelerator, import_keras_quietly
 
-            import_keras_quietly()  # the runs train here (FIDELITY.md R12)
+            import_keras_quietly()  # the runs train here (FIDELITY.md R13)
             check_accelerator(profile, allow_cpu)  # once, before any run
             return local_launcher(configs, runs_root, allow_cpu, log)
         return local

@@ -85,14 +85,14 @@ def reproduce(table, profile="paper", protocol="paper", data=None, data_dir=None
     if not configs:
         raise ElasticKerasError(f"no run of {table} to do with data {data!r}")
     setting = Setting.of(configs[0])
-    # Where results go is checked before any run trains (FIDELITY.md R10).
+    # Where results go is checked before any run trains (FIDELITY.md R11).
     files.check_writable_folder(runs_root, "--runs-root")
     files.check_writable_folder(out_dir, "--out")
     start = time.time()
     try:
         failures = (launcher or local_launcher)(configs, runs_root=runs_root,
                                                 allow_cpu=allow_cpu, log=log)
-    finally:  # the last setting is one that has runs: a refused sweep records nothing (R13)
+    finally:  # the last setting is one that has runs: a refused sweep records nothing (R14)
         if any(RunDir(run_dir_for(c, runs_root)).exists for c in configs):
             setting.record(runs_root)
     log(f"=== {len(configs)} runs ended in {time.time() - start:.0f} s"

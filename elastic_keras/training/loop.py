@@ -92,7 +92,7 @@ def start_phase(run, job, state, index, phases, log):
         run.load_weights(job.net, state.best[before])
         log(f"[{job.cfg['name']}] phase '{name}' starts from the best '{before}' checkpoint "
             f"(epoch {state.best[before]['epoch']})")
-    elif state.last:  # the previous phase's last weights (a resumed run starts fresh: R10)
+    elif state.last:  # the previous phase's last weights (a resumed run starts fresh: R11)
         run.load_weights(job.net, state.last)
 
 

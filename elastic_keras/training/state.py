@@ -33,7 +33,7 @@ class RunState:
     sessions: list[dict[str, Any]] = field(default_factory=list)  # who trained it, where
     failure: str | None = None
     # The state after the epoch before the last, whose checkpoint is kept: where a run goes
-    # back to when its last checkpoint is corrupt (FIDELITY.md R10).
+    # back to when its last checkpoint is corrupt (FIDELITY.md R11).
     previous: dict[str, Any] | None = None
 
     @classmethod
