@@ -9,7 +9,9 @@ import signal
 import sys
 
 from elastic_keras import commands as C
+from elastic_keras.backend.environment import import_keras_quietly
 from elastic_keras.errors import ElasticKerasError
+from elastic_keras.files import os_error_line
 
 
 def _setting(p, profile_default="paper"):
@@ -205,6 +207,14 @@ def build_parser():
     return p
 
 
+def _needs_network(args):
+    """Whether a command builds or runs a network, so imports Keras first (FIDELITY.md R13):
+    not configs, --dry-run, tables (but --compute-missing), reproduce (its launcher does)."""
+    if getattr(args, "dry_run", False) or args.func in (C.cmd_configs, C.cmd_reproduce):
+        return False
+    return args.func is not C.cmd_tables or args.compute_missing
+
+
 class Terminated(KeyboardInterrupt):
     """SIGTERM (what a cluster scheduler sends), raised where the program is, as SIGINT's
     KeyboardInterrupt is: the same path out, state left resumable (FIDELITY.md R12)."""
@@ -215,21 +225,17 @@ def _terminate(signum, frame):
 
 
 def main(argv=None):
-    """Parse, run the command; one line and exit status 2 for bad input or an OS error.
-
-    No network library is imported here: the commands that need one import it
-    (commands.py), so --help, configs, tables and --dry-run start fast (FIDELITY.md R13).
-    """
+    """Parse, run a command; bad input or an OS error: one line, exit status 2."""
     args = build_parser().parse_args(argv)
     previous = signal.signal(signal.SIGTERM, _terminate)
     try:
+        if _needs_network(args):
+            import_keras_quietly()
         return args.func(args)
     except ElasticKerasError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     except OSError as e:  # the one place an OS error becomes a line (FIDELITY.md R11)
-        from elastic_keras.files import os_error_line
-
         print(f"error: {os_error_line(e)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt as e:

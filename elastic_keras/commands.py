@@ -3,13 +3,11 @@
 import json
 import os
 
-from elastic_keras.backend.environment import import_keras_quietly as _network_library  # R13
 from elastic_keras.errors import ElasticKerasError
 
 
 def cmd_describe(args):
     """Per-output table of a registered model: layer, conv layers, params, MACs."""
-    _network_library()
     from elastic_keras.model.factory import build_model
     from elastic_keras.model.exits import exit_info
     from elastic_keras.model.registry import get_spec
@@ -57,7 +55,6 @@ def cmd_train(args):
     if args.dry_run:
         print(json.dumps(cfg if len(configs) == 1 else configs, indent=2))
     elif len(configs) == 1:
-        _network_library()
         train(cfg, runs_root=args.runs_root, run_dir=args.run_dir, allow_cpu=args.allow_cpu)
     else:
         return 1 if train_seeds(configs, args.runs_root, args.allow_cpu, args.run_dir) else 0
@@ -68,7 +65,6 @@ def cmd_evaluate(args):
     """Evaluate a trained run on its test set (best checkpoint by validation loss)."""
     from elastic_keras.runs.evaluate import evaluate
 
-    _network_library()
     evaluate(args.run_dir)
     return 0
 
@@ -98,8 +94,6 @@ def cmd_tables(args):
     from elastic_keras.report.render import write_tables
     from elastic_keras.report.tables import check
 
-    if args.compute_missing:
-        _network_library()  # builds the models of missing runs
     written, like, t2 = write_tables(args.runs_root, _last_setting(args), args.out,
                                      compute_missing=args.compute_missing, seeds=args.seeds)
     for csv_path, md_path in written.values():
@@ -132,7 +126,6 @@ def _last_setting(args):
 
 def cmd_figure3(args):
     """Figure 3 of the paper from the CIFAR-10 DenseNet-121 runs' histories."""
-    _network_library()  # plots name the exits through model.exits, which imports Keras
     from elastic_keras.report.plots import figure3
 
     setting = _last_setting(args)
@@ -145,7 +138,6 @@ def cmd_bai_table2(args):
     """Bai et al.'s Table II (MACs at the first weighted and the last exit), beside theirs."""
     from elastic_keras.report.bai import bai_table2
 
-    _network_library()  # it builds each model to count its MACs
     csv_path, md_path, ok = bai_table2(args.out)
     print(f"wrote {csv_path} and {md_path}")
     return 0 if ok else 1
@@ -155,7 +147,6 @@ def cmd_budget(args):
     """Accuracy against average MACs of exit cascades, for a run or every run under a folder."""
     from elastic_keras.report.budget import budget_path
 
-    _network_library()
     budget_path(args.path, criterion=args.criterion, n_thresholds=args.n_thresholds,
                 batch_size=args.batch_size, convention=args.macs_convention, out_dir=args.out,
                 cost=args.cost, latency=args.latency, seeds=args.seeds)
@@ -169,7 +160,6 @@ def cmd_calibrate(args):
     from elastic_keras.runs.calibrate import CALIBRATION_CSV, RELIABILITY_PNG, calibrate_run
     from elastic_keras.runs.rundir import open_run
 
-    _network_library()
     run = open_run(args.source)
     out = calibrate_run(run, epsilon=args.epsilon, delta=args.delta, risk=args.risk,
                         method=args.method, max_macs=args.max_macs, max_ms=args.max_ms,
@@ -195,7 +185,6 @@ def cmd_calibrate(args):
 
 def cmd_plot(args):
     """Loss and accuracy of every exit of a run, as a PNG."""
-    _network_library()  # plots name the exits through model.exits, which imports Keras
     from elastic_keras.report.plots import plot_run
     from elastic_keras.runs.rundir import open_run
 

@@ -147,13 +147,11 @@ def _set(cfg, key, value, source):
         node = node[part]
     if parts[-1] not in node or isinstance(node[parts[-1]], dict) and not isinstance(value, dict):
         raise _unknown(key, source)
-    if isinstance(value, dict):
-        if not value:  # every override changes something or is refused (FIDELITY.md R14)
-            raise ElasticKerasError(f"{source}: {key}={{}} sets no key; set the keys it "
-                                    f"holds ({key}.KEY=VALUE)")
-        for k, v in value.items():
-            _set(cfg, f"{key}.{k}", v, source)
-    else:
+    if value == {}:  # every override changes something or is refused (FIDELITY.md R14)
+        raise ElasticKerasError(f"{source}: {key}={{}} sets no key; set {key}.KEY=VALUE")
+    for k, v in value.items() if isinstance(value, dict) else ():
+        _set(cfg, f"{key}.{k}", v, source)
+    if not isinstance(value, dict):
         node[parts[-1]] = value
 
 
@@ -176,8 +174,7 @@ def packaged_configs():
 
 
 def read_toml(path):
-    """A config file (a path, or the name of a packaged config) as (run name, dict);
-    missing or malformed files end in one message."""
+    """A config file (a path, or a packaged config's name) as (run name, dict); one line if bad."""
     path = os.fspath(path)
     if not os.path.isfile(path):
         packaged = packaged_configs()
