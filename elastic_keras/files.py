@@ -93,7 +93,7 @@ def os_error_line(e: OSError) -> str:
     """One line for an OS error: the path, what went wrong, what to do (FIDELITY.md R11)."""
     where = f"{e.filename}" + (f" -> {e.filename2}" if e.filename2 else "")
     what = e.strerror or str(e)
-    advice = _ADVICE.get(e.errno, "check the path and its permissions")
+    advice = _ADVICE.get(e.errno or 0, "check the path and its permissions")
     return f"{where}: {what}; {advice}" if e.filename else f"{what}; {advice}"
 
 

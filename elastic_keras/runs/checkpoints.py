@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import zipfile
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from elastic_keras import files
 from elastic_keras.errors import ElasticKerasError
@@ -31,12 +31,11 @@ class CheckpointFiles:
     def path(self, *parts: str) -> str:
         return os.path.join(self.dir, *parts)
 
-    def _locked(self) -> None:
-        raise NotImplementedError
-
-    @property
-    def state(self) -> RunState | None:
-        raise NotImplementedError
+    if TYPE_CHECKING:  # the rest of the run directory: runs.rundir.RunDir
+        def _locked(self) -> None: ...
+        def write_state(self, state: RunState) -> None: ...
+        @property
+        def state(self) -> RunState | None: ...
 
     def save_checkpoint(self, net: Any, optimizer: Any, tag: str) -> dict[str, str]:
         """Weights (and optimizer state when given) under ckpt/, atomically; file names."""
@@ -77,11 +76,12 @@ class CheckpointFiles:
         if os.path.relpath(corrupt.path, self.dir) not in last or not state.previous:
             raise ElasticKerasError(f"{corrupt}; no earlier checkpoint to go back to: delete "
                                     f"{self.dir} to train the run again") from None
-        epochs = state.previous["epochs"]
+        epochs = state.previous["epochs"] if state.previous else 0
         state.roll_back()
         self.write_state(state)
-        log(f"{corrupt}: going back to the checkpoint of epoch {epochs} (ckpt/"
-            f"{os.path.basename(state.last['file'])}); epoch {epochs + 1} is trained again")
+        back = os.path.basename(state.last["file"]) if state.last else "none"
+        log(f"{corrupt}: going back to the checkpoint of epoch {epochs} (ckpt/{back}); "
+            f"epoch {epochs + 1} is trained again")
 
     def prune_checkpoints(self, state: RunState) -> None:
         """Remove the checkpoints this run wrote that its state no longer points to."""

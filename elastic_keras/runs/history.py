@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import os
-from typing import Any
+from typing import TYPE_CHECKING, Any, ContextManager
 
 from elastic_keras import files
 from elastic_keras.errors import ElasticKerasError
+from elastic_keras.training.state import RunState
 
 HISTORY = "history.csv"
 
@@ -52,6 +53,14 @@ class HistoryFile:
 
     def path(self, *parts: str) -> str:
         return os.path.join(self.dir, *parts)
+
+    if TYPE_CHECKING:  # the rest of the run directory: runs.rundir.RunDir
+        def _locked(self) -> None: ...
+        def lock(self, wait: bool = False, log: Any = None) -> ContextManager[Any]: ...
+        @property
+        def exists(self) -> bool: ...
+        @property
+        def state(self) -> RunState | None: ...
 
     def write_history(self, rows: list[dict[str, Any]], outputs: list[str]) -> None:
         """history.csv: one row per epoch, columns in depth order of the exits."""

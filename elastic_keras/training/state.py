@@ -71,6 +71,8 @@ class RunState:
     def roll_back(self) -> None:
         """Go back to `previous` (its epochs kept, the later ones dropped)."""
         point, self.previous = self.previous, None
+        if point is None:
+            raise ElasticKerasError("no earlier point to go back to")
         self.history = self.history[:point["epochs"]]
         for k in _ROLLBACK:
             setattr(self, k, point[k])
