@@ -44,7 +44,7 @@ def test_phase_heads_freezes_the_backbone_and_phase_full_trains_it():
     trainer = ExitTrainer(net, [1.0] * len(net.outputs))
     heads = [l for l in net.layers if l.name in head_layers(net)]
     body = [l for l in net.layers if l not in heads and l.weights]
-    cfg = {"name": "t", "train": {"reload_best_between_phases": True}}
+    cfg = {"name": "t", "train": {"reload_best_between_phases": True, "steps_per_execution": 1}}
     job = Job(cfg, data, net, trainer, {}, [1.0] * len(net.outputs))
     phases = [(n, {"trainable": n, "lr": 0.01, "momentum": 0.9}) for n in ("heads", "all")]
     state = RunState()
