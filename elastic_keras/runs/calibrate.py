@@ -12,6 +12,7 @@ from elastic_keras import files
 from elastic_keras.errors import ElasticKerasError
 from elastic_keras.inference import calibration as cal
 from elastic_keras.inference import risk_control as rc
+from elastic_keras.inference.latency import LATENCY_CSV
 from elastic_keras.training.state import EVALUATED
 
 CALIBRATION_CSV, RELIABILITY_PNG = "calibration.csv", "reliability.png"
@@ -98,10 +99,10 @@ def calibrate_run(run, epsilon=0.02, delta=0.1, risk="drop", method="ltt", max_m
     fit, part = split_validation(len(labels), fit_fraction, seed)
     temps = cal.fit_temperatures([p[fit] for p in probs], labels[fit])
     probs_cal, labels_cal = [p[part] for p in probs], labels[part]
-    ms = read_latency(latency or run.output("latency.csv"), names)
+    ms = read_latency(latency or run.output(LATENCY_CSV), names)
     if max_ms is not None and ms is None:
         raise ElasticKerasError(f"--max-ms needs a latency.csv naming every exit's path "
-                                f"(looked for {latency or run.output('latency.csv')})")
+                                f"(looked for {latency or run.output(LATENCY_CSV)})")
     grid = cal.threshold_grid()
     taken = cal.exits_taken(probs_cal, grid, temps)
     losses = cal.per_threshold(cal.exit_losses(probs_cal, labels_cal, risk), taken)

@@ -9,10 +9,9 @@ import os
 from dataclasses import dataclass, field
 from typing import Any
 
-from elastic_keras import files
 from elastic_keras.errors import ElasticKerasError
+from elastic_keras.inference.calibration import read_calibration
 
-CALIBRATION = "calibration.json"  # written by `calibrate` (issue 18); optional
 BUDGET_CSV = "budget.csv"
 # Class names where the dataset defines them (CIFAR-10's batches.meta, CIFAR-100's meta
 # "fine_label_names", digits' own labels).
@@ -95,8 +94,8 @@ def _run_meta(run) -> dict[str, Any]:
     if pick:
         meta["thresholds"]["budget"] = pick
         meta["threshold"], meta["criterion"] = pick["threshold"], pick["criterion"]
-    if os.path.isfile(run.path(CALIBRATION)):
-        cal = files.read_json(run.path(CALIBRATION))
+    cal = read_calibration(run.dir)  # written by `calibrate`; optional
+    if cal is not None:
         meta["thresholds"]["calibration"] = cal.get("threshold")
         meta["temperatures"], meta["certificate"] = cal.get("temperatures"), cal.get(
             "certificate")
