@@ -158,3 +158,13 @@ def normalised_auc(rows):
     keep = x < 1.0
     x, y = np.append(x[keep], 1.0), np.append(y[keep], np.interp(1.0, x, y))
     return float(np.sum((x[1:] - x[:-1]) * (y[1:] + y[:-1]) / 2.0))
+
+
+def operating_point(rows):
+    """The one operating point a budget names, picked on validation: the cheapest cascade
+    threshold whose validation accuracy reaches the final exit's (rows of `budget_sweep` or
+    of budget.csv); None when no threshold reaches it."""
+    final = next((r for r in rows if r["kind"] == "exit" and r["exit"] == "final"), None)
+    ok = [r for r in rows if final is not None and r["kind"] == "cascade"
+          and float(r["val_accuracy"]) >= float(final["val_accuracy"])]
+    return min(ok, key=lambda r: float(r["val_macs"])) if ok else None

@@ -9,7 +9,7 @@ from elastic_keras import files
 from elastic_keras.errors import ElasticKerasError
 from elastic_keras.inference.calibration import read_calibration
 from elastic_keras.inference.thresholds import (BUDGET_COLUMNS, CERTIFIED, budget_sweep,
-                                                normalised_auc)
+                                                normalised_auc, operating_point)
 from elastic_keras.report.plots import new_figure, save_figure
 from elastic_keras.report.intervals import interval
 from elastic_keras.runs.names import seed_name
@@ -95,12 +95,8 @@ def budget_run(run: RunDir, criterion: str = "max_prob", n_thresholds: int = 21,
     csv_path, png_path = ((os.path.join(out_dir, BUDGET_CSV), os.path.join(out_dir, BUDGET_PNG))
                           if out_dir else (run.output(BUDGET_CSV), run.output(BUDGET_PNG)))
     write_budget(csv_path, png_path, rows, title, cost)
-    # One operating point for the log, picked on validation: the cheapest threshold whose
-    # validation accuracy reaches the final exit's.
     final = next(r for r in rows if r["kind"] == "exit" and r["exit"] == "final")
-    ok = [r for r in rows if r["kind"] == "cascade"
-          and r["val_accuracy"] >= final["val_accuracy"]]
-    pick = min(ok, key=lambda r: r["val_macs"]) if ok else None
+    pick = operating_point(rows)
     summary = (f"cascade at t={pick['threshold']:.4g} (cheapest reaching the final exit's "
                f"validation accuracy): test {100 * pick['test_accuracy']:.2f}% at "
                f"{pick['macs_fraction']:.2f} x the final exit's MACs" if pick else

@@ -11,6 +11,7 @@ from typing import Any
 
 from elastic_keras.errors import ElasticKerasError
 from elastic_keras.inference.calibration import read_calibration
+from elastic_keras.inference.thresholds import operating_point
 
 BUDGET_CSV = "budget.csv"
 # Class names where the dataset defines them (CIFAR-10's batches.meta, CIFAR-100's meta
@@ -70,12 +71,9 @@ def budget_pick(run_dir: str) -> dict | None:
         return None
     with open(path, encoding="utf-8", newline="") as f:
         rows = list(csv.DictReader(f))
-    final = next((r for r in rows if r["kind"] == "exit" and r["exit"] == "final"), None)
-    ok = [r for r in rows if final and r["kind"] == "cascade"
-          and float(r["val_accuracy"]) >= float(final["val_accuracy"])]
-    if not ok:
+    pick = operating_point(rows)
+    if pick is None:
         return None
-    pick = min(ok, key=lambda r: float(r["val_macs"]))
     return {"threshold": float(pick["threshold"]), "criterion": pick["criterion"],
             "val_accuracy": float(pick["val_accuracy"]),
             "macs_fraction": float(pick["macs_fraction"]),
