@@ -34,6 +34,11 @@ def _overrides(p):
                    help="N runs of each config, seeds 0..N-1 (seed 0: the run as it is; "
                         "seed s: its own run directory NAME-seedS); tables give mean and 95%% "
                         "interval over seeds")
+    way = p.add_mutually_exclusive_group()  # FIDELITY.md B9
+    way.add_argument("--seeds-together", dest="together", action="store_true", default=None,
+                     help="under JAX, a config's seeds in one program (default on a GPU)")
+    way.add_argument("--seeds-apart", dest="together", action="store_false",
+                     help="the seeds one by one (default on a CPU and other backends)")
 
 
 def _describe(sub):
@@ -55,8 +60,7 @@ def _train(sub):
     sub.add_parser("configs", help="list the configs shipped with the package").set_defaults(
         func=C.cmd_configs)
     t = sub.add_parser("train", help="train a config (paper section IV-A), then evaluate it")
-    t.add_argument("config", help="a config name (python -m elastic_keras configs) or a TOML "
-                                  "file")
+    t.add_argument("config", help="a config name (see the `configs` command) or a TOML file")
     _setting(t, profile_default=None)
     t.add_argument("--run-dir", default=None, help="default: RUNS_ROOT/SETTING/DATASET/NAME")
     _overrides(t)
@@ -75,8 +79,7 @@ def _reproduce(sub):
                    help="methods: the papers' loss weightings compared on one backbone")
     _setting(r)
     r.add_argument("--data", default=None, choices=DATASETS,
-                   help="replace each cell's dataset (synthetic keeps its class count; digits "
-                        "serves the 10-class cells)")
+                   help="each cell's data instead (synthetic: its class count; digits: 10)")
     r.add_argument("--data-dir", default=None, help="local copy of the official CIFAR files")
     r.add_argument("--weights", default=None,
                    help="imagenet, none, a *_notop.h5 file or a folder of them (~/.keras/models)")
@@ -86,11 +89,9 @@ def _reproduce(sub):
     r.add_argument("--backbone", default="mobilenet",
                    help="methods: the backbone whose elastic run each scheme varies")
     r.add_argument("--launcher", default="local", choices=LAUNCHERS,
-                   help="local: one run after another here; ray: Ray tasks (a local Ray, or "
-                        "the cluster RAY_ADDRESS names)")
+                   help="local: runs one after another here; ray: Ray tasks (RAY_ADDRESS)")
     r.add_argument("--gpus-per-run", type=float, default=None,
-                   help="ray: GPU share of each run (0.25 packs four runs on a GPU; default 1 "
-                        "where GPUs exist)")
+                   help="ray: GPU share of each run (0.25: four per GPU; default 1)")
     r.add_argument("--cpus-per-run", type=float, default=1.0, help="ray: CPUs of each run")
     _overrides(r)
     r.set_defaults(func=C.cmd_reproduce)
@@ -162,8 +163,10 @@ def _calibrate(sub):
     budget.add_argument("--max-macs", type=float, default=None,
                         help="budget mode: mean MACs per image; reports the certified bound")
     budget.add_argument("--max-ms", type=float, default=None,
-                        help="budget mode: mean milliseconds per image (needs latency.csv)")
-    c.add_argument("--latency", default=None, help="default: SOURCE/latency.csv if present")
+                        help="budget mode: mean milliseconds per image, each exit's path as "
+                             "`latency` measured it (per image, largest batch)")
+    c.add_argument("--latency", default=None,
+                   help="a latency.csv (default: the one RUN/export-*/latency.csv)")
     c.add_argument("--fit-fraction", type=float, default=0.3,
                    help="share of the validation split that fits the temperatures; the rest "
                         "certifies (default 0.3)")

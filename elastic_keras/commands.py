@@ -44,7 +44,8 @@ def cmd_configs(args):
 
 def cmd_train(args):
     """Train one config (resuming its run directory's partial run), then evaluate it; with
-    --seeds N, its seeds one after another, each in its own run directory."""
+    --seeds N, its seeds, each in its own run directory (under JAX on a GPU together in one
+    program: --seeds-together/--seeds-apart)."""
     from elastic_keras.runs.config import load_config
     from elastic_keras.runs.seeds import seed_configs
     from elastic_keras.runs.train import train
@@ -57,7 +58,8 @@ def cmd_train(args):
     elif len(configs) == 1:
         train(cfg, runs_root=args.runs_root, run_dir=args.run_dir, allow_cpu=args.allow_cpu)
     else:
-        return 1 if train_seeds(configs, args.runs_root, args.allow_cpu, args.run_dir) else 0
+        return 1 if train_seeds(configs, args.runs_root, args.allow_cpu, args.run_dir,
+                                together=args.together) else 0
     return 0
 
 
@@ -80,7 +82,7 @@ def cmd_reproduce(args):
         out_dir=args.out, extra=args.set, allow_cpu=args.allow_cpu, dry_run=args.dry_run,
         seeds=args.seeds, backbone=args.backbone,
         launcher=make_launcher(args.launcher, args.gpus_per_run, args.cpus_per_run,
-                               args.profile, args.allow_cpu))
+                               args.profile, args.allow_cpu, together=args.together))
     for key, (csv_path, md_path) in written.items():
         print(f"wrote {csv_path} and {md_path}")
     if args.table in written:
@@ -158,7 +160,7 @@ def cmd_calibrate(args):
     from elastic_keras.inference.calibration import CALIBRATION_JSON
     from elastic_keras.report.reliability import write_reliability
     from elastic_keras.runs.calibrate import CALIBRATION_CSV, RELIABILITY_PNG, calibrate_run
-    from elastic_keras.runs.rundir import open_run
+    from elastic_keras.runs.found import open_run
 
     run = open_run(args.source)
     out = calibrate_run(run, epsilon=args.epsilon, delta=args.delta, risk=args.risk,
@@ -186,7 +188,7 @@ def cmd_calibrate(args):
 def cmd_plot(args):
     """Loss and accuracy of every exit of a run, as a PNG."""
     from elastic_keras.report.plots import plot_run
-    from elastic_keras.runs.rundir import open_run
+    from elastic_keras.runs.found import open_run
 
     print(f"wrote {plot_run(open_run(args.run_dir), args.out)}")
     return 0

@@ -55,7 +55,7 @@ def _models(size, naive, multi_way):
     import keras
 
     from elastic_keras import build_model
-    from elastic_keras.training.loop import make_trainer
+    from elastic_keras.training.job import make_trainer
     from elastic_keras.training.objective import ExitTrainer
 
     def sgd():

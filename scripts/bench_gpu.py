@@ -124,7 +124,7 @@ def measure_model(backbone, plain, args, precision="float32"):
            "train": summary(steady(fit, args.spe, args.window_s), args.batch),
            "eval": summary(steady(ev, args.spe, args.window_s / 2), args.eval_batch)}
     out["seconds"] = time.time() - start
-    del net, trainer
+    net = trainer = None  # free them before the next model (the closures hold them)
     keras.backend.clear_session()
     gc.collect()
     return out
@@ -136,7 +136,7 @@ def measure_seeds(backbone, k, args):
     import keras
 
     from elastic_keras import build_model
-    from elastic_keras.training.loop import Job, make_trainer
+    from elastic_keras.training.job import Job, make_trainer
     from elastic_keras.training import stacked
 
     net = build_model(backbone, args.classes, input_size=args.size, weights=None,
@@ -158,7 +158,7 @@ def measure_seeds(backbone, k, args):
             stamps.append(time.perf_counter())
 
     out = summary(steady(call, args.spe, args.window_s), args.batch * k)
-    del net, trainer, state
+    net = trainer = state = None  # free them before the next model
     keras.backend.clear_session()
     gc.collect()
     return out

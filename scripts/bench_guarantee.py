@@ -34,11 +34,11 @@ METHODS = ("ltt", "ucb", "crc")
 
 def run_outputs(run_dir):
     """(softmax per exit, labels, path MACs, temperatures) of a run's held-out images."""
-    from elastic_keras.data.splits import load_data
+    from elastic_keras.data.datasets import load_data
     from elastic_keras.inference.calibration import read_calibration
     from elastic_keras.inference.cascade import path_macs
     from elastic_keras.inference.predictors import exit_probabilities
-    from elastic_keras.runs.rundir import open_run
+    from elastic_keras.runs.found import open_run
 
     run = open_run(run_dir)
     model, data = run.model(), load_data(run.config["data"])

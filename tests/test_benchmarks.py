@@ -51,3 +51,17 @@ def test_bench_gpu_quick_measures_names_its_device_and_prints_its_last_line():
                               "--quick"], capture_output=True, text=True, timeout=600,
                              env={**os.environ, "XLA_FLAGS": "--xla_gpu_autotune_level=0"})
     assert refused.returncode != 0 and "autotuning off" in refused.stderr
+
+
+def test_bench_export_runs_small_in_every_runtime_and_prints_its_last_line():
+    # A tiny pass: MobileNet at 32 px, batch 4, one round; the ratios are not checked here.
+    out = subprocess.run([sys.executable, os.path.join(REPO, "scripts", "bench_export.py"),
+                          "--size", "32", "--batch", "4", "--rounds", "1"],
+                         capture_output=True, text=True, timeout=900)
+    assert out.returncode == 0, out.stderr[-2000:]
+    last = out.stdout.strip().splitlines()[-1]
+    assert re.fullmatch(" ".join(f"{k}=-?\\d+\\.\\d{{3}}" for k in (
+        "saved_model_exit1_overhead", "saved_model_final_overhead", "litert_exit1_overhead",
+        "litert_final_overhead", "onnx_exit1_overhead", "onnx_final_overhead",
+        "litert_early_speedup")), last), last
+    assert "latency per exit at batch 4" in out.stdout

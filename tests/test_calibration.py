@@ -169,9 +169,9 @@ def _cli(*args):
 
 
 def test_calibrate_a_smoke_run_then_cascade_uses_it(tmp_path):
-    from elastic_keras.data.splits import load_data
+    from elastic_keras.data.datasets import load_data
     from elastic_keras.inference.predictors import exit_probabilities
-    from elastic_keras.runs.rundir import open_run
+    from elastic_keras.runs.found import open_run
 
     r = _cli("train", "cifar10-mobilenet-elastic", "--profile", "smoke", "--set",
              "data.dataset=synthetic", "--set", "data.train_limit=100", "--set",
@@ -211,13 +211,26 @@ def test_calibrate_a_smoke_run_then_cascade_uses_it(tmp_path):
 
 
 def test_budget_mode_reads_latency_and_picks_the_safest_threshold_within_budget(tmp_path):
-    from elastic_keras.runs.calibrate import choose, read_latency, split_validation
+    from elastic_keras import files
+    from elastic_keras.inference.latency import COLUMNS
+    from elastic_keras.runs.calibrate import choose, path_ms, split_validation
+    from elastic_keras.runs.rundir import RunDir
 
-    path = tmp_path / "latency.csv"
-    path.write_text("kind,exit,p50_ms\npath,exit_1,1.5\npredictor,exit_1,1.0\npath,final,4.0\n")
-    assert read_latency(str(path), ["exit_1", "final"]) == [1.5, 4.0]
-    assert read_latency(str(path), ["exit_1", "exit_2", "final"]) is None
-    assert read_latency(str(tmp_path / "none.csv"), ["final"]) is None
+    # latency.csv as `latency` writes it: per-image ms of each path at the largest batch.
+    export = tmp_path / "export-litert"
+    export.mkdir()
+    rows = [{"kind": kind, "exit": name, "index": i, "batch": b, "p50_ms": ms * b,
+             "per_image_ms": ms * (1 if b == 1 else 0.5)}
+            for b in (1, 32) for kind in ("path", "predictor")
+            for i, (name, ms) in enumerate([("exit_1", 1.5), ("final", 4.0)], 1)]
+    files.write_csv(str(export / "latency.csv"), list(COLUMNS), rows)
+    run = RunDir(tmp_path)
+    assert path_ms(run, None, ["exit_1", "final"], needed=True) == [0.75, 2.0]  # batch 32
+    with pytest.raises(ElasticKerasError, match="measured 2 exits; this run has 3"):
+        path_ms(run, None, ["exit_1", "exit_2", "final"], needed=False)
+    assert path_ms(RunDir(tmp_path / "none"), None, ["final"], needed=False) is None
+    with pytest.raises(ElasticKerasError, match="need one latency.csv in"):
+        path_ms(RunDir(tmp_path / "none"), None, ["final"], needed=True)
     losses = np.zeros((500, 4))
     losses[:5, 3] = 1
     costs = np.array([4.0, 3.0, 2.0, 1.0])  # falls along the grid, safe end first

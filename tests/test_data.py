@@ -11,7 +11,7 @@ import keras
 import numpy as np
 import pytest
 
-from elastic_keras.data import cifar, splits
+from elastic_keras.data import cifar, datasets, splits
 from elastic_keras.data.batches import Batches
 from elastic_keras.errors import ElasticKerasError
 
@@ -75,7 +75,7 @@ def offline(monkeypatch):
 
 def test_cifar10_extracted_folder_loads_as_nhwc_uint8(tmp_path, offline):
     x, y = write_cifar(tmp_path, "cifar10")
-    s = splits.load_dataset("cifar10", data_dir=tmp_path)
+    s = datasets.load_dataset("cifar10", data_dir=tmp_path)
     assert s.num_classes == 10 and s.name == "cifar10"
     assert s.x_train.shape == (120, 32, 32, 3) and s.x_val.shape == (30, 32, 32, 3)
     assert s.x_test.shape == (20, 32, 32, 3)
@@ -94,14 +94,14 @@ def test_cifar10_extracted_folder_loads_as_nhwc_uint8(tmp_path, offline):
     assert rec["val_indices_sha256"] == splits.indices_sha256(s.val_indices)
     assert not offline  # a data dir never falls back to the network
     # The extracted folder itself is accepted as the data dir too.
-    s2 = splits.load_dataset("cifar10", data_dir=tmp_path / "cifar-10-batches-py")
+    s2 = datasets.load_dataset("cifar10", data_dir=tmp_path / "cifar-10-batches-py")
     np.testing.assert_array_equal(s2.val_indices, s.val_indices)
 
 
 def test_cifar100_archive_is_verified_extracted_and_loaded(tmp_path, monkeypatch, offline):
     md5, (x, y) = write_archive(tmp_path, "cifar100", per_batch=500, test=100)
     monkeypatch.setitem(cifar.MD5, "cifar-100-python.tar.gz", md5)
-    s = splits.load_dataset("cifar100", data_dir=tmp_path)
+    s = datasets.load_dataset("cifar100", data_dir=tmp_path)
     assert (tmp_path / "cifar-100-python" / "train").is_file()
     assert not [p for p in os.listdir(tmp_path) if p.startswith(".extract-")]
     assert s.num_classes == 100 and s.split["stratified"]
@@ -109,7 +109,7 @@ def test_cifar100_archive_is_verified_extracted_and_loaded(tmp_path, monkeypatch
     assert s.split["class_counts"]["val"] == [1] * 100
     np.testing.assert_array_equal(s.x_val, x[s.val_indices])
     # The archive may also be named directly; the extracted folder is reused.
-    s2 = splits.load_dataset("cifar100", data_dir=tmp_path / "cifar-100-python.tar.gz")
+    s2 = datasets.load_dataset("cifar100", data_dir=tmp_path / "cifar-100-python.tar.gz")
     np.testing.assert_array_equal(s2.x_train, s.x_train)
 
 
@@ -117,7 +117,7 @@ def test_wrong_checksum_fails_naming_both_checksums(tmp_path, offline):
     md5, _ = write_archive(tmp_path, "cifar10")
     with pytest.raises(ElasticKerasError, match=f"md5 checksum {md5}, expected "
                                                  f"{cifar.MD5['cifar-10-python.tar.gz']}"):
-        splits.load_dataset("cifar10", data_dir=tmp_path)
+        datasets.load_dataset("cifar10", data_dir=tmp_path)
     assert not (tmp_path / "cifar-10-batches-py").exists()
 
 
@@ -129,7 +129,7 @@ def test_archive_with_path_traversal_is_refused(tmp_path, monkeypatch, offline):
         tar.addfile(info, io.BytesIO(b"evil"))
     monkeypatch.setitem(cifar.MD5, "cifar-10-python.tar.gz", hashlib.md5(path.read_bytes()).hexdigest())
     with pytest.raises(ElasticKerasError, match="unexpected member .*refusing"):
-        splits.load_dataset("cifar10", data_dir=tmp_path)
+        datasets.load_dataset("cifar10", data_dir=tmp_path)
     assert not (tmp_path.parent / "evil").exists()
 
 
@@ -139,25 +139,25 @@ def test_corrupt_files_give_clear_errors(tmp_path, offline):
     good = batch.read_bytes()
     batch.write_bytes(good[: len(good) // 2])  # truncated
     with pytest.raises(ElasticKerasError, match="data_batch_3.*truncated or corrupt"):
-        splits.load_dataset("cifar10", data_dir=tmp_path)
+        datasets.load_dataset("cifar10", data_dir=tmp_path)
     # Labels out of range.
     _pickle(batch, _images(30, 3), np.full(30, 10), b"labels")
     with pytest.raises(ElasticKerasError, match=r"labels .* integers in \[0, 10\)"):
-        splits.load_dataset("cifar10", data_dir=tmp_path)
+        datasets.load_dataset("cifar10", data_dir=tmp_path)
     # Wrong shape.
     with open(batch, "wb") as f:
         pickle.dump({b"data": np.zeros((30, 1024), np.uint8), b"labels": [0] * 30}, f)
     with pytest.raises(ElasticKerasError, match=r"shape \(N, 3072\)"):
-        splits.load_dataset("cifar10", data_dir=tmp_path)
+        datasets.load_dataset("cifar10", data_dir=tmp_path)
     # A pickle that would run code is refused, not executed.
     with open(batch, "wb") as f:
         pickle.dump({b"data": os.getcwd, b"labels": []}, f)
     with pytest.raises(ElasticKerasError, match="disallowed global"):
-        splits.load_dataset("cifar10", data_dir=tmp_path)
+        datasets.load_dataset("cifar10", data_dir=tmp_path)
     # An incomplete folder names what is missing.
     batch.unlink()
     with pytest.raises(ElasticKerasError, match="incomplete: missing data_batch_3"):
-        splits.load_dataset("cifar10", data_dir=tmp_path)
+        datasets.load_dataset("cifar10", data_dir=tmp_path)
 
 
 @pytest.mark.parametrize("name", ["cifar10", "cifar100"])
@@ -166,12 +166,12 @@ def test_unavailable_data_says_both_ways_to_provide_it(tmp_path, name, offline):
     both = ["keras.datasets", "data.data_dir", "--set data.data_dir=PATH", "DATA_DIR=PATH",
             archive, cifar.CIFAR_URL]
     with pytest.raises(ElasticKerasError) as e:
-        splits.load_dataset(name)
+        datasets.load_dataset(name)
     assert len(offline) == 1 and "no network" in str(e.value)
     assert all(s in str(e.value) for s in both)
     for missing in (tmp_path / "nowhere", tmp_path):  # absent; present but empty
         with pytest.raises(ElasticKerasError) as e:
-            splits.load_dataset(name, data_dir=missing)
+            datasets.load_dataset(name, data_dir=missing)
         assert str(missing) in str(e.value) and all(s in str(e.value) for s in both)
     assert len(offline) == 1
 
@@ -180,12 +180,12 @@ def test_unavailable_data_says_both_ways_to_provide_it(tmp_path, name, offline):
 
 def test_split_is_stratified_seeded_disjoint_and_complete(tmp_path, offline):
     write_cifar(tmp_path, "cifar10")
-    s = splits.load_dataset("cifar10", data_dir=tmp_path, seed=0)
+    s = datasets.load_dataset("cifar10", data_dir=tmp_path, seed=0)
     assert s.split["stratified"]
     assert s.split["class_counts"] == {"train": [12] * 10, "val": [3] * 10, "test": [2] * 10}
     np.testing.assert_array_equal(np.bincount(s.y_val), [3] * 10)
-    same = splits.load_dataset("cifar10", data_dir=tmp_path, seed=0)
-    other = splits.load_dataset("cifar10", data_dir=tmp_path, seed=1)
+    same = datasets.load_dataset("cifar10", data_dir=tmp_path, seed=0)
+    other = datasets.load_dataset("cifar10", data_dir=tmp_path, seed=1)
     np.testing.assert_array_equal(same.val_indices, s.val_indices)
     assert same.split == s.split
     assert not np.array_equal(other.val_indices, s.val_indices)
@@ -199,30 +199,30 @@ def test_split_is_stratified_seeded_disjoint_and_complete(tmp_path, offline):
 
 def test_limits_take_stratified_subsamples(tmp_path, offline):
     write_cifar(tmp_path, "cifar10")
-    s = splits.load_dataset("cifar10", data_dir=tmp_path, train_limit=100, test_limit=10)
+    s = datasets.load_dataset("cifar10", data_dir=tmp_path, train_limit=100, test_limit=10)
     assert len(s.y_train) + len(s.y_val) == 100 and len(s.y_test) == 10
     assert s.split["train_limit_stratified"] and s.split["test_limit_stratified"]
     assert s.split["class_counts"]["val"] == [2] * 10
     assert s.split["class_counts"]["test"] == [1] * 10
     # The test subsample does not depend on the run's seed.
     np.testing.assert_array_equal(
-        splits.load_dataset("cifar10", data_dir=tmp_path, seed=5, test_limit=10).x_test, s.x_test)
+        datasets.load_dataset("cifar10", data_dir=tmp_path, seed=5, test_limit=10).x_test, s.x_test)
     # Limits at or above the available images keep everything.
-    assert splits.load_dataset("cifar10", data_dir=tmp_path, train_limit=10 ** 6).split[
+    assert datasets.load_dataset("cifar10", data_dir=tmp_path, train_limit=10 ** 6).split[
         "counts"]["pool"] == 150
 
 
 # --- digits and synthetic ---------------------------------------------------------------------
 
 def test_digits_shapes_range_and_fixed_test_set():
-    s = splits.load_dataset("digits")
+    s = datasets.load_dataset("digits")
     assert s.num_classes == 10 and s.split["source"] == "sklearn"
     assert len(s.y_train) + len(s.y_val) + len(s.y_test) == 1797 and len(s.y_test) == 360
     assert s.x_train.shape[1:] == (8, 8, 3) and s.x_train.dtype == np.uint8
     assert s.x_train.min() == 0 and s.x_train.max() == 255
     np.testing.assert_array_equal(s.x_train[..., 0], s.x_train[..., 2])
     assert s.y_train.dtype == np.int32 and set(np.unique(s.y_test)) == set(range(10))
-    other = splits.load_dataset("digits", seed=3)
+    other = datasets.load_dataset("digits", seed=3)
     np.testing.assert_array_equal(other.x_test, s.x_test)  # test set independent of the seed
     assert not np.array_equal(other.val_indices, s.val_indices)
     # val_indices index the full load_digits arrays.
@@ -233,7 +233,7 @@ def test_digits_shapes_range_and_fixed_test_set():
 
 
 def test_synthetic_is_deterministic_learnable_and_sized():
-    a, b = splits.load_dataset("synthetic"), splits.load_dataset("synthetic")
+    a, b = datasets.load_dataset("synthetic"), datasets.load_dataset("synthetic")
     assert a.x_train.shape == (800, 32, 32, 3) and len(a.y_val) == 200 and len(a.y_test) == 200
     assert a.x_train.dtype == np.uint8 and a.num_classes == 10
     for k in ("x_train", "y_train", "x_val", "x_test", "y_test"):
@@ -244,7 +244,7 @@ def test_synthetic_is_deterministic_learnable_and_sized():
     means = np.stack([x[a.y_train == k].mean(0) for k in range(10)])
     pred = np.argmin(((xt[:, None] - means[None]) ** 2).sum(-1), axis=1)
     assert (pred == a.y_test).mean() > 0.9
-    c = splits.load_dataset("synthetic", num_classes=100, train_limit=500, test_limit=100)
+    c = datasets.load_dataset("synthetic", num_classes=100, train_limit=500, test_limit=100)
     assert c.num_classes == 100 and c.y_train.max() == 99 and len(c.y_test) == 100
     assert c.split["class_counts"]["val"] == [1] * 100
 
@@ -253,16 +253,16 @@ def test_synthetic_is_deterministic_learnable_and_sized():
 
 def test_bad_arguments_name_what_was_received(tmp_path, offline):
     with pytest.raises(ElasticKerasError, match="class-count mismatch.* 100 .*cifar10 has 10"):
-        splits.load_dataset("cifar10", data_dir=tmp_path, num_classes=100)
+        datasets.load_dataset("cifar10", data_dir=tmp_path, num_classes=100)
     with pytest.raises(ElasticKerasError, match="num_classes.* 5 .*digits has 10"):
-        splits.load_dataset("digits", num_classes=5)
+        datasets.load_dataset("digits", num_classes=5)
     with pytest.raises(ElasticKerasError, match="'cifar1'.*valid: cifar10, cifar100, digits, "
                                                 "synthetic"):
-        splits.load_dataset("cifar1")
+        datasets.load_dataset("cifar1")
     with pytest.raises(ElasticKerasError, match=r"val_fraction.*received 1\.5"):
-        splits.load_dataset("digits", val_fraction=1.5)
+        datasets.load_dataset("digits", val_fraction=1.5)
     with pytest.raises(ElasticKerasError, match="train_limit.*received 'x'"):
-        splits.load_dataset("digits", train_limit="x")
+        datasets.load_dataset("digits", train_limit="x")
     with pytest.raises(ElasticKerasError, match="batch_size.*received 0"):
         Batches(np.zeros((2, 8, 8, 3), np.uint8), np.zeros(2), 0)
 
@@ -305,7 +305,7 @@ def test_batches_share_the_arrays_and_fit_one_epoch():
     x = np.zeros((4000, 32, 32, 3), np.uint8)
     ds = Batches(x, np.zeros(4000, np.int32), 256)
     assert ds.x is x and len(ds) == 16  # no copy of the dataset, 224 px or otherwise
-    s = splits.load_dataset("digits", train_limit=200)
+    s = datasets.load_dataset("digits", train_limit=200)
     model = keras.Sequential([keras.Input((8, 8, 3), dtype="uint8"),
                               keras.layers.Rescaling(1 / 255),
                               keras.layers.Flatten(), keras.layers.Dense(10)])

@@ -144,6 +144,21 @@ def test_latency_writes_csv_and_budget_uses_it(exported, tmp_path, capsys):
         read_path_costs(tmp_path / "none.csv")
 
 
+def test_the_driver_sends_a_batch_out_at_a_chosen_exit_for_timing(exported):
+    from elastic_keras.inference.runtimes import Exported
+
+    _, folder, x, _ = exported
+    for fmt in ("litert", "onnx"):
+        e = Exported(folder / fmt)
+        for k, name in enumerate(e.output_names, 1):
+            got = e.cascade(x, 2.0, exit_at=k)  # 2.0: nobody would leave early on their own
+            assert (got["exits"] == k).all()
+            np.testing.assert_allclose(got["probabilities"],
+                                       e.predictor(name)(x)["probabilities"], atol=1e-4)
+    with pytest.raises(ElasticKerasError, match="only a segment driver"):
+        Exported(folder / "saved_model").cascade(x, 2.0, exit_at=2)
+
+
 def test_predict_png_folder_through_an_export(exported, tmp_path, capsys):
     from PIL import Image
 

@@ -18,9 +18,10 @@ from elastic_keras import ElasticKerasError
 from elastic_keras.report.render import write_tables
 from elastic_keras.runs.config import load_config
 from elastic_keras.runs.names import Setting
-from elastic_keras.runs.rundir import open_run
+from elastic_keras.runs.found import open_run
 from elastic_keras.runs.train import train
-from elastic_keras.sweep.reproduce import reproduce, run_configs
+from elastic_keras.sweep.cells import run_configs
+from elastic_keras.sweep.reproduce import reproduce
 
 SETS = ["model.alpha=0.25", "data.train_limit=60", "data.test_limit=20",
         "phases.heads.lr=0.01", "phases.full.lr=0.01"]  # 1 + 2 epochs (smoke profile)

@@ -6,7 +6,7 @@ import pytest
 
 from elastic_keras import elastify
 from elastic_keras.backend.keras_internals import seed_everything
-from elastic_keras.training.loop import make_trainer
+from elastic_keras.training.job import make_trainer
 
 LR, WEIGHTS = 0.5, [0.5, 1.0]
 

@@ -20,7 +20,8 @@ from elastic_keras.inference.cascade import Cascade
 from elastic_keras.runs.config import load_config
 from elastic_keras.backend.keras_internals import graph_nodes
 from elastic_keras.inference.predictors import truncated_predictor
-from elastic_keras.runs.rundir import RunBusy, RunDir, open_run
+from elastic_keras.runs.found import open_run
+from elastic_keras.runs.rundir import RunBusy, RunDir
 from elastic_keras.runs.train import train
 
 TINY = ["model.backbone=mobilenet", "model.alpha=0.25", "data.dataset=synthetic",

@@ -10,7 +10,7 @@ import time
 import pytest
 
 from elastic_keras import ElasticKerasError
-from elastic_keras.sweep.reproduce import run_configs, select
+from elastic_keras.sweep.cells import run_configs, select
 from elastic_keras.report.tables import table_runs
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

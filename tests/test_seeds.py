@@ -141,7 +141,7 @@ def test_methods_table_on_fabricated_runs(tmp_path):
 
 def test_seeds_train_as_runs_and_a_rerun_trains_nothing(tmp_path):
     from elastic_keras.runs.config import load_config
-    from elastic_keras.runs.rundir import open_run
+    from elastic_keras.runs.found import open_run
     from elastic_keras.sweep.launchers import local_launcher
 
     cfg = load_config(None, ["name=t", "model.backbone=mobilenet", "data.dataset=synthetic",

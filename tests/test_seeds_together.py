@@ -50,9 +50,9 @@ def _script(root):
     train_seeds_together(cfgs, dirs, allow_cpu=True, log=print)  # finished: nothing retrains
     real = loop.check_divergence
 
-    def nan_for_s1(run, job, state, logs, epoch, name):  # seed 1's loss turns NaN at epoch 2
+    def nan_for_s1(job, logs, epoch, name):  # seed 1's loss turns NaN at epoch 2
         bad = job.cfg["name"] == "s1" and epoch == 2
-        return real(run, job, state, {**logs, "loss": float("nan")} if bad else logs, epoch, name)
+        return real(job, {**logs, "loss": float("nan")} if bad else logs, epoch, name)
 
     loop.check_divergence = nan_for_s1
     try:
@@ -60,6 +60,14 @@ def _script(root):
                              log=quiet)
     except ElasticKerasError as e:
         print("error:", e)
+    loop.check_divergence = real
+    # `train --seeds 2 --seeds-together` under JAX: the local launcher trains them together.
+    from elastic_keras.runs.seeds import seed_configs
+    from elastic_keras.sweep.reproduce import train_seeds
+
+    base = load_config(None, ["name=w", *COMMON], profile="smoke")
+    train_seeds(seed_configs(base, 2), runs_root=f"{root}/cli", allow_cpu=True, log=print,
+                together=True)  # on a CPU the default is one by one
 
 
 def _rows(path):
@@ -97,6 +105,9 @@ def test_two_seeds_together_write_what_two_runs_alone_write(tmp_path):
     assert (tmp_path / "diverged" / "s0" / "results.json").exists()
     assert not (tmp_path / "diverged" / "s1" / "results.json").exists()
     assert len(_rows(tmp_path / "diverged" / "s0")) == 3
+    assert "=== w, w-seed1: 2 seeds together in one program" in r.stdout
+    for name in ("w", "w-seed1"):
+        assert (tmp_path / "cli" / "smoke" / "synthetic" / name / "results.json").exists()
 
 
 if __name__ == "__main__":

@@ -15,12 +15,13 @@ import pytest
 from elastic_keras import ElasticKerasError, build_model
 from elastic_keras.runs.config import load_config
 from elastic_keras.data.batches import Batches
-from elastic_keras.data.splits import load_dataset
+from elastic_keras.data.datasets import load_dataset
 from elastic_keras.model.exits import head_layers
-from elastic_keras.runs.rundir import open_run
+from elastic_keras.runs.found import open_run
 from elastic_keras.training.objective import ExitTrainer
 from elastic_keras.runs.train import train
-from elastic_keras.training.loop import Job, start_phase
+from elastic_keras.training.job import Job
+from elastic_keras.training.loop import start_phase
 from elastic_keras.training.state import RunState
 
 TINY = ["model.backbone=mobilenet", "data.dataset=synthetic", "data.train_limit=100",
@@ -54,7 +55,7 @@ def test_phase_heads_freezes_the_backbone_and_phase_full_trains_it():
 
     def fit(trainable):
         # The loop's own phase start: what trains, and a fresh compile.
-        start_phase(None, job, state, ["heads", "all"].index(trainable), phases, print)
+        start_phase(job, state, ["heads", "all"].index(trainable), phases, print)
         trainer.fit(Batches(data.x_train, data.y_train, 16, shuffle=True), epochs=1, verbose=0,
                     shuffle=False)
 

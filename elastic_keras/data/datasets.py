@@ -1,4 +1,5 @@
-"""Where the images come from: CIFAR (cifar.py), scikit-learn's digits, generated data.
+"""Where the images come from: CIFAR (cifar.py), scikit-learn's digits, generated data;
+and load_dataset, a dataset loaded and split (splits.py).
 
 Every dataset is native-size uint8 images (N, H, W, 3) and int32 labels (FIDELITY.md D3).
 """
@@ -9,7 +10,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from elastic_keras.checks import check_int, check_number
 from elastic_keras.data.cifar import CIFAR, load_cifar
+from elastic_keras.data.splits import split_source
 from elastic_keras.errors import ElasticKerasError
 
 DATASETS = (*CIFAR, "digits", "synthetic")  # the one list of dataset names
@@ -102,3 +105,28 @@ def _linear_upsampler(n_in, n_out):
     m[np.arange(n_out), lo] = 1 - frac
     m[np.arange(n_out), lo + 1] = frac
     return m
+
+
+def load_data(d):
+    """The dataset and split described by a config's `data` section."""
+    return load_dataset(d["dataset"], data_dir=d["data_dir"], val_fraction=d["val_fraction"],
+                        seed=d["seed"], num_classes=d["num_classes"],
+                        train_limit=d["train_limit"], test_limit=d["test_limit"])
+
+
+def load_dataset(name, data_dir=None, val_fraction=0.2, seed=0, num_classes=None,
+                 train_limit=None, test_limit=None):
+    """Load `name` and split its official training set 80/20, stratified and seeded.
+
+    PAPER.md section 5: 40,000 train / 10,000 validation from CIFAR's 50,000 training images;
+    the official test set is the test set, untouched (FIDELITY.md D2). `train_limit` /
+    `test_limit` take stratified subsamples for smoke runs (for "synthetic": the number of
+    images generated).
+    """
+    check_number("val_fraction (data.val_fraction)", val_fraction, 0, 1, low_open=True)
+    seed = check_int("seed (data.seed)", seed, 0)
+    train_limit = check_int("train_limit (data.train_limit)", train_limit, 2, optional=True)
+    test_limit = check_int("test_limit (data.test_limit)", test_limit, 1, optional=True)
+    num_classes = check_int("num_classes (data.num_classes)", num_classes, 2, optional=True)
+    src = load_source(name, data_dir, num_classes, train_limit, test_limit)
+    return split_source(src, val_fraction, seed, train_limit, test_limit)

@@ -5,8 +5,6 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from elastic_keras.checks import check_int, check_number
-from elastic_keras.data.datasets import load_source
 
 TEST_LIMIT_SEED = 0  # fixed: a test_limit subsample never depends on the run's seed
 
@@ -32,28 +30,9 @@ class Splits:
     val_indices: np.ndarray
 
 
-def load_data(d):
-    """The dataset and split described by a config's `data` section."""
-    return load_dataset(d["dataset"], data_dir=d["data_dir"], val_fraction=d["val_fraction"],
-                        seed=d["seed"], num_classes=d["num_classes"],
-                        train_limit=d["train_limit"], test_limit=d["test_limit"])
-
-
-def load_dataset(name, data_dir=None, val_fraction=0.2, seed=0, num_classes=None,
-                 train_limit=None, test_limit=None):
-    """Load `name` and split its official training set 80/20, stratified and seeded.
-
-    PAPER.md section 5: 40,000 train / 10,000 validation from CIFAR's 50,000 training images;
-    the official test set is the test set, untouched (FIDELITY.md D2). `train_limit` /
-    `test_limit` take stratified subsamples for smoke runs (for "synthetic": the number of
-    images generated).
-    """
-    check_number("val_fraction (data.val_fraction)", val_fraction, 0, 1, low_open=True)
-    seed = check_int("seed (data.seed)", seed, 0)
-    train_limit = check_int("train_limit (data.train_limit)", train_limit, 2, optional=True)
-    test_limit = check_int("test_limit (data.test_limit)", test_limit, 1, optional=True)
-    num_classes = check_int("num_classes (data.num_classes)", num_classes, 2, optional=True)
-    src = load_source(name, data_dir, num_classes, train_limit, test_limit)
+def split_source(src, val_fraction, seed, train_limit=None, test_limit=None):
+    """A loaded source (datasets.Source) split into train / validation / test, with the
+    record split.json keeps (checked arguments: datasets.load_dataset)."""
     if src.sized:
         train_limit = test_limit = None
     x_pool, y_pool, x_test, y_test = src.x_pool, src.y_pool, src.x_test, src.y_test
@@ -80,7 +59,7 @@ def load_dataset(name, data_dir=None, val_fraction=0.2, seed=0, num_classes=None
     val_indices = np.sort(pool_index[va])
     split = _record(src, x_pool[tr], y_pool[tr], y_pool[va], y_test, seed, val_fraction,
                     stratified, val_indices, counts, limits)
-    return Splits(name, src.classes, x_pool[tr], y_pool[tr], x_pool[va], y_pool[va], x_test,
+    return Splits(src.name, src.classes, x_pool[tr], y_pool[tr], x_pool[va], y_pool[va], x_test,
                   y_test, split, val_indices)
 
 

@@ -131,11 +131,12 @@ def _litert(owner, fn, path):
         f.write(data)
 
 
-def _onnx(fn, path):
+def _onnx(fn, path, nchw_in=(), nchw_out=()):
     import tf2onnx
 
     tf2onnx.convert.from_function(fn, input_signature=fn.input_signature, opset=OPSET,
-                                  output_path=path)
+                                  output_path=path, inputs_as_nchw=list(nchw_in) or None,
+                                  outputs_as_nchw=list(nchw_out) or None)
 
 
 def _write_segments(fmt, folder, segments):
@@ -144,8 +145,11 @@ def _write_segments(fmt, folder, segments):
     rels = []
     for k, fn in enumerate(segments):
         rels.append(os.path.join("segments", f"segment_{k + 1}{EXTENSION[fmt]}"))
-        (_onnx if fmt == "onnx" else lambda f, p: _litert(None, f, p))(
-            fn, os.path.join(folder, rels[-1]))
+        path = os.path.join(folder, rels[-1])
+        if fmt == "onnx":  # features pass between segments in ONNX's own layout (NCHW)
+            _onnx(fn, path, ["tap"] if k else (), ["features"] if k < len(segments) - 1 else ())
+        else:
+            _litert(None, fn, path)
     shutil.copy(os.path.join(os.path.dirname(__file__), "segment_driver.py"),
                 os.path.join(folder, "cascade_driver.py"))
     return {"segments": rels, "driver": "cascade_driver.py"}

@@ -77,20 +77,23 @@ def _path_rows(exported, batch, repeats, probes):
     names = exported.output_names
     found = path_thresholds(exported, probes)
     for k, name in enumerate(names, 1):
-        if k not in found:
-            rows.append({"kind": "path", "exit": name, "index": k, "batch": batch,
-                         "note": "no probe image leaves here"})
+        row = {"kind": "path", "exit": name, "index": k, "batch": batch}
+        forced = k not in found and exported.driver
+        if k not in found and not forced:
+            rows.append({**row, "note": "no probe image leaves here"})
             continue
-        i, thr = found[k]
+        i, thr = found.get(k, (0, 0.0))
         x = np.repeat(probes[i:i + 1], batch, axis=0)
-        taken = exported.cascade(x, thr)["exits"]
+        at = k if forced else None
+        taken = exported.cascade(x, thr, exit_at=at)["exits"]
         if not (np.asarray(taken) == k).all():
             raise ElasticKerasError(f"latency: the batch meant to leave at {name} left at "
                                     f"{sorted(set(np.asarray(taken).tolist()))}")
-        p50, p95 = _times(lambda: exported.cascade(x, thr), repeats)
-        rows.append({"kind": "path", "exit": name, "index": k, "batch": batch,
-                     "p50_ms": p50, "p95_ms": p95, "per_image_ms": p50 / batch,
-                     "repeats": repeats, "threshold": thr})
+        p50, p95 = _times(lambda: exported.cascade(x, thr, exit_at=at), repeats)
+        rows.append({**row, "p50_ms": p50, "p95_ms": p95, "per_image_ms": p50 / batch,
+                     "repeats": repeats, "threshold": "" if forced else thr,
+                     "note": "no probe image leaves here: the segment driver sent the "
+                             "batch out here (the same segments run)" if forced else ""})
     return rows
 
 
@@ -172,7 +175,8 @@ def find_latency(run_dir) -> str:
     found = sorted(glob.glob(os.path.join(os.fspath(run_dir), "export-*", LATENCY_CSV)))
     if len(found) != 1:
         raise ElasticKerasError(
-            f"--cost latency needs one latency.csv in {run_dir}/export-*/, found "
-            f"{len(found)}{': ' + ', '.join(found) if found else ''}; run `python -m "
-            "elastic_keras latency RUN` or pass --latency PATH")
+            f"costs in ms (budget --cost latency, calibrate --max-ms) need one latency.csv "
+            f"in {run_dir}/export-*/, found {len(found)}"
+            f"{': ' + ', '.join(found) if found else ''}; run `python -m elastic_keras "
+            "latency RUN` or pass --latency PATH")
     return found[0]

@@ -87,13 +87,17 @@ class Exported:
             raise ElasticKerasError(f"running a {self.format} export needs {e.name}: pip install "
                                     "'elastic-keras[export]' (make install-export)") from None
 
-    def cascade(self, images, threshold: float) -> dict:
-        """probabilities, classes and exits (1-based) of a batch at `threshold`."""
+    def cascade(self, images, threshold: float, exit_at: int | None = None) -> dict:
+        """probabilities, classes and exits (1-based) of a batch at `threshold`; `exit_at`
+        (segment drivers only, for timing a path): every image leaves at that exit."""
         if self._cascade is None:
             self._cascade = self._load(self.manifest["artifacts"].get("cascade"), False)
         images = np.asarray(images, dtype=self.dtype)
+        if exit_at is not None and not self.driver:
+            raise ElasticKerasError(f"{self.folder}: only a segment driver can send a batch "
+                                    "out at a chosen exit")
         if self.driver:
-            probs, classes, exits = self._cascade(images, threshold)
+            probs, classes, exits = self._cascade(images, threshold, exit_at)
             return {"probabilities": probs, "classes": classes, "exits": exits}
         return self._cascade(images=images, threshold=np.float32(threshold))
 

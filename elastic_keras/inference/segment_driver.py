@@ -21,22 +21,36 @@ def _onnx(path):
     options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     session = ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
     name = session.get_inputs()[0].name
-    keys = sorted(["confidence", "probabilities"] + (["features"] if len(
-        session.get_outputs()) == 3 else []))  # the outputs' (flattened) order
+    keys = [o.name for o in session.get_outputs()]
 
     def run(x):  # features stay in onnxruntime's memory (OrtValue) on their way on
         x = x if isinstance(x, ort.OrtValue) else ort.OrtValue.ortvalue_from_numpy(x)
         got = dict(zip(keys, session.run_with_ort_values(None, {name: x})))
-        return {k: v if k == "features" else v.numpy() for k, v in got.items()}
+        features = got.pop("features", None)
+        return got["probabilities"].numpy(), got["confidence"].numpy(), lambda: features
     return run
 
 
 def _litert(path):
     from ai_edge_litert.interpreter import Interpreter
 
-    runner = Interpreter(model_path=path).get_signature_runner()
-    name = next(iter(runner.get_input_details()))
-    return lambda x: runner(**{name: x})
+    interpreter = Interpreter(model_path=path)
+    signature = interpreter.get_signature_runner()  # for the tensors' names
+    (entry,) = [d["index"] for d in signature.get_input_details().values()]
+    out = {k: d["index"] for k, d in signature.get_output_details().items()}
+    shape: list = [None]
+
+    def run(x):  # the features are read (a view, no copy) only if some image goes on
+        if shape[0] != x.shape:
+            interpreter.resize_tensor_input(entry, x.shape)
+            interpreter.allocate_tensors()
+            shape[0] = x.shape
+        interpreter.set_tensor(entry, x)
+        interpreter.invoke()
+        features = (lambda: interpreter.tensor(out["features"])()) if "features" in out else None
+        return (interpreter.get_tensor(out["probabilities"]),
+                interpreter.get_tensor(out["confidence"]), features)
+    return run
 
 
 class SegmentCascade:
@@ -50,29 +64,31 @@ class SegmentCascade:
         self.segments = [load(os.path.join(folder, rel))
                          for rel in manifest["artifacts"]["segments"]]
 
-    def __call__(self, images, threshold):
-        """(probabilities of the exit taken, classes, exits taken 1-based) of a batch."""
+    def __call__(self, images, threshold, exit_at=None):
+        """(probabilities of the exit taken, classes, exits taken 1-based) of a batch.
+        `exit_at` k (for timing a path): every image leaves at exit k, whatever its
+        confidence; the same segments run as for a batch that leaves there."""
         n, threshold = len(images), np.float32(threshold)
         probs, exits = None, np.zeros(n, np.int32)
         feats, index = images, np.arange(n)
         for k, segment in enumerate(self.segments):
-            out = segment(feats)
-            p, conf = out["probabilities"], out["confidence"]
+            p, conf, features = segment(feats)
             if probs is None:
                 probs = np.zeros((n, p.shape[1]), np.float32)
-            if k == len(self.segments) - 1:  # the final exit takes whoever is left
-                leave = np.ones(len(index), dtype=bool)
+            if k == len(self.segments) - 1 or exit_at is not None:  # the final exit takes
+                leave = np.full(len(index), k + 1 == (exit_at or k + 1))  # whoever is left
             else:
                 leave = conf >= threshold if self.criterion == "max_prob" else conf <= threshold
             probs[index[leave]], exits[index[leave]] = p[leave], k + 1
             if leave.all():
                 break
-            feats, index = _survivors(out["features"], leave), index[~leave]
+            feats, index = _survivors(features(), leave), index[~leave]
         return probs, probs.argmax(axis=1).astype(np.int32), exits
 
 
 def _survivors(feats, leave):
-    """The features of the images that go on (as they are when nobody left)."""
+    """The features of the images that go on (as they are when nobody left: the next
+    segment copies them in)."""
     if not leave.any():
         return feats
     return np.ascontiguousarray((feats if isinstance(feats, np.ndarray) else feats.numpy())[~leave])

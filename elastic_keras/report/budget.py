@@ -13,7 +13,8 @@ from elastic_keras.inference.thresholds import (BUDGET_COLUMNS, CERTIFIED, budge
 from elastic_keras.report.plots import new_figure, save_figure
 from elastic_keras.report.intervals import interval
 from elastic_keras.runs.names import seed_name
-from elastic_keras.runs.rundir import RunDir, find_runs, open_run
+from elastic_keras.runs.found import find_runs, open_run
+from elastic_keras.runs.rundir import RunDir
 from elastic_keras.training.state import EVALUATED
 
 BUDGET_CSV, BUDGET_PNG = "budget.csv", "budget.png"
@@ -76,7 +77,7 @@ def budget_run(run: RunDir, criterion: str = "max_prob", n_thresholds: int = 21,
     """budget.csv and budget.png of a finished run (its best checkpoint, its own splits),
     written into the run directory (or `out_dir`). cost="latency": the x-axis in measured
     ms per image from `latency` (a latency.csv; default: the one in RUN/export-*/)."""
-    from elastic_keras.data.splits import load_data
+    from elastic_keras.data.datasets import load_data
 
     run.require(EVALUATED, "budget it (train and evaluate it first)")
     cfg = run.config

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import csv
 import math
 import os
 
@@ -12,7 +11,7 @@ from elastic_keras import files
 from elastic_keras.errors import ElasticKerasError
 from elastic_keras.inference import calibration as cal
 from elastic_keras.inference import risk_control as rc
-from elastic_keras.inference.latency import LATENCY_CSV
+from elastic_keras.inference.latency import find_latency, read_path_costs
 from elastic_keras.training.state import EVALUATED
 
 CALIBRATION_CSV, RELIABILITY_PNG = "calibration.csv", "reliability.png"
@@ -36,7 +35,7 @@ def split_validation(n: int, fit_fraction: float, seed: int):
 def validation_outputs(run, batch_size=None):
     """(every exit's softmax on the run's validation split, labels, output names, MACs of
     leaving at each exit) from the run's best checkpoint; the test split is never read."""
-    from elastic_keras.data.splits import load_data
+    from elastic_keras.data.datasets import load_data
     from elastic_keras.inference.cascade import path_macs
     from elastic_keras.inference.predictors import exit_probabilities
 
@@ -47,23 +46,20 @@ def validation_outputs(run, batch_size=None):
     return probs, labels, list(model.output_names), path_macs(model)
 
 
-def read_latency(path, names):
-    """Milliseconds of leaving at each exit from a latency.csv (columns `exit` or `output`,
-    and `p50_ms` or `ms`; rows of kind `path`/`cascade` where a `kind` column exists), or
-    None when the file is absent or names no exit's path."""
-    if not path or not os.path.isfile(path):
+def path_ms(run, latency, names, needed):
+    """Per-image milliseconds of leaving at each exit: the path costs `budget --cost
+    latency` plots (latency.read_path_costs, at the largest batch measured), from `latency`
+    or the one RUN/export-*/latency.csv. None when there is none and `needed` is false."""
+    try:
+        ms = read_path_costs(latency or find_latency(run.dir))["path"]
+    except ElasticKerasError:
+        if needed:
+            raise
         return None
-    with open(path, newline="", encoding="utf-8") as f:
-        rows = list(csv.DictReader(f))
-    ms = {}
-    for row in rows:
-        if row.get("kind", "path") not in ("path", "cascade"):
-            continue
-        name = row.get("exit") or row.get("output")
-        value = row.get("p50_ms") or row.get("ms")
-        if name in names and value:
-            ms.setdefault(name, float(value))
-    return [ms[n] for n in names] if len(ms) == len(names) else None
+    if len(ms) != len(names):
+        raise ElasticKerasError(f"{latency or 'latency.csv'} measured {len(ms)} exits; this run "
+                                f"has {len(names)}")
+    return ms
 
 
 def choose(losses, costs, epsilon, delta, method, budget=None):
@@ -99,10 +95,7 @@ def calibrate_run(run, epsilon=0.02, delta=0.1, risk="drop", method="ltt", max_m
     fit, part = split_validation(len(labels), fit_fraction, seed)
     temps = cal.fit_temperatures([p[fit] for p in probs], labels[fit])
     probs_cal, labels_cal = [p[part] for p in probs], labels[part]
-    ms = read_latency(latency or run.output(LATENCY_CSV), names)
-    if max_ms is not None and ms is None:
-        raise ElasticKerasError(f"--max-ms needs a latency.csv naming every exit's path "
-                                f"(looked for {latency or run.output(LATENCY_CSV)})")
+    ms = path_ms(run, latency, names, needed=max_ms is not None)
     grid = cal.threshold_grid()
     taken = cal.exits_taken(probs_cal, grid, temps)
     losses = cal.per_threshold(cal.exit_losses(probs_cal, labels_cal, risk), taken)

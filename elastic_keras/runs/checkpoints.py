@@ -1,4 +1,5 @@
-"""A run's checkpoints (ckpt/): weights and optimizer state per epoch, the best by validation."""
+"""A run's checkpoints (ckpt/): weights and optimizer state per epoch, the best by validation;
+and what the training loop asks of a run's files (it touches none itself)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 from elastic_keras import files
 from elastic_keras.errors import ElasticKerasError
+from elastic_keras.training.loop import Diverged, Epoch, Event, Restore, epochs
 from elastic_keras.training.state import RunState
 
 CKPT = "ckpt"
@@ -34,8 +36,50 @@ class CheckpointFiles:
     if TYPE_CHECKING:  # the rest of the run directory: runs.rundir.RunDir
         def _locked(self) -> None: ...
         def write_state(self, state: RunState) -> None: ...
+        def write_history(self, rows: list[dict[str, Any]], outputs: list[str]) -> None: ...
+        def fail(self, state: RunState, message: str) -> None: ...
         @property
         def state(self) -> RunState | None: ...
+
+    def fit(self, job: Any, state: RunState, log=print, verbose: bool = True) -> None:
+        """Train the run: the loop's epochs, each written here (checkpoints, then the state
+        that points to them). A corrupt last checkpoint sends the run back to the one
+        before, once, and says so; without one the run fails naming the file (R11)."""
+        try:
+            for event in epochs(job, state, log, verbose):
+                self.take(job, state, event)
+        except CorruptCheckpoint as e:
+            self.fall_back(state, e, log)
+            for event in epochs(job, state, log, verbose):
+                self.take(job, state, event)
+        self.write_state(state)
+
+    def take(self, job: Any, state: RunState, event: Event) -> None:
+        """Do what one event of the loop asks of the run's files; a divergence is recorded
+        as the run's failure and raised (no results are written: T9)."""
+        if isinstance(event, Restore):
+            self.load_weights(job.net, event.checkpoint)
+            if event.optimizer:
+                self.load_optimizer(job.trainer.optimizer, job.trainer.trainable_variables,
+                                    event.checkpoint)
+        elif isinstance(event, Diverged):
+            self.fail(state, event.message)
+            raise ElasticKerasError(event.message)
+        else:
+            self.save_epoch(job, state, event)
+
+    def save_epoch(self, job: Any, state: RunState, epoch: Epoch) -> None:
+        """The epoch's checkpoints first, then the state and history that point to them."""
+        row = epoch.row
+        tag = f"epoch-{row['epoch']:04d}"
+        state.last = self.save_checkpoint(job.net, job.trainer.optimizer, tag)
+        if epoch.best:
+            saved = self.save_checkpoint(job.net, None, f"best-{tag}")
+            state.best[row["phase"]] = {"epoch": row["epoch"], "phase": row["phase"],
+                                        "val_loss": row["val_loss"], **saved}
+        self.write_state(state)
+        self.write_history(state.history, [e["output"] for e in job.net.exits])
+        self.prune_checkpoints(state)
 
     def save_checkpoint(self, net: Any, optimizer: Any, tag: str) -> dict[str, str]:
         """Weights (and optimizer state when given) under ckpt/, atomically; file names."""

@@ -8,7 +8,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from elastic_keras.runs.rundir import RunDir, open_run
+from elastic_keras.runs.found import open_run
+from elastic_keras.runs.rundir import RunDir
 from elastic_keras.training.state import TRAINED, RunState
 
 
@@ -57,7 +58,7 @@ def evaluate_run(run: RunDir, net: Any, data: Any, state: RunState, log=print) -
 def evaluate(path: str, log=print) -> dict[str, Any]:
     """Re-evaluate a trained run directory (the `evaluate` command). A run that has not
     finished training is refused: its numbers would read as a result."""
-    from elastic_keras.data.splits import load_data
+    from elastic_keras.data.datasets import load_data
 
     run = open_run(path)
     with run.lock(wait=False):

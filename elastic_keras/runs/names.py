@@ -144,3 +144,9 @@ class RunName:
             raise ElasticKerasError(f"{text!r} is not a run name "
                                     "(<dataset>-<backbone>-elastic|plain[-method][-seedN])")
         return cls(parts[0], "-".join(parts[1:-1]), parts[-1] == "plain", method, seed)
+
+
+def run_dir_for(cfg: dict[str, Any], runs_root: str = "runs") -> str:
+    """runs/<setting>/<data>/<name>: named after the experiment, never a timestamp."""
+    return os.path.join(os.fspath(runs_root), Setting.of(cfg).folder, cfg["data"]["dataset"],
+                        cfg["name"])

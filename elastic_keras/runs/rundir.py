@@ -1,4 +1,4 @@
-"""The run directory: its files and their formats, its lock, its states, and how runs are found.
+"""The run directory: its files and their formats, its lock, its states, what makes it a config's.
 
 The one owner of a run directory (FIDELITY.md R1).
 
@@ -29,7 +29,7 @@ from elastic_keras import files
 from elastic_keras.errors import ElasticKerasError
 from elastic_keras.runs.checkpoints import CKPT, CheckpointFiles
 from elastic_keras.runs.history import HISTORY, HistoryFile
-from elastic_keras.runs.names import Setting
+from elastic_keras.runs.config import flatten
 from elastic_keras.training.state import (
     CLAIMED, EVALUATED, FAILED, TRAINED, TRAINING, RunState)
 
@@ -40,15 +40,8 @@ _NOT_IDENTITY = {"resolved", "data.data_dir", "train.eval_batch_size",
                  "train.steps_per_execution"}
 
 
-def run_dir_for(cfg: dict[str, Any], runs_root: str = "runs") -> str:
-    """runs/<setting>/<data>/<name>: named after the experiment, never a timestamp."""
-    return os.path.join(os.fspath(runs_root), Setting.of(cfg).folder, cfg["data"]["dataset"],
-                        cfg["name"])
-
-
-def _identity(cfg):
-    from elastic_keras.runs.config import flatten
-
+def config_identity(cfg: dict[str, Any]) -> dict[str, Any]:
+    """The flattened config keys that make a run what it is (not where or how fast)."""
     # Runs written before train.precision existed trained in float32 (FIDELITY.md B8).
     flat = {"train.precision": "float32", **flatten(cfg)}
     return {k: v for k, v in flat.items()
@@ -57,7 +50,7 @@ def _identity(cfg):
 
 def config_diff(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
     """'key: old there, new now' for every key that makes two configs different runs."""
-    a, b = _identity(old), _identity(new)
+    a, b = config_identity(old), config_identity(new)
     return [f"{k}: {a.get(k)!r} there, {b.get(k)!r} now" for k in sorted(set(a) | set(b))
             if a.get(k) != b.get(k)]
 
@@ -118,6 +111,17 @@ class RunDir(CheckpointFiles, HistoryFile):
                 results = files.read_json(self.path(RESULTS))
         return results if isinstance(results, dict) and "exits" in results else None
 
+    def finished_as(self, cfg: dict[str, Any], log=print) -> bool:
+        """Is this directory `cfg`'s run, evaluated (says so)? A run evaluated whose
+        results.json is missing or unreadable is not: it is evaluated again (R11)."""
+        if self.finished and not config_diff(self.config, cfg):
+            log(f"[{cfg['name']}] finished already: {self.dir}")
+            return True
+        if self.status == EVALUATED and not config_diff(self.config, cfg):
+            log(f"[{cfg['name']}] {self.path(RESULTS)} is missing or unreadable: evaluating "
+                "the run again")
+        return False
+
     def require(self, status: str, doing: str) -> None:
         """Refuse `doing` unless the run is in `status` (one line saying where it stands)."""
         if self.status == status or (status == TRAINED and self.status == EVALUATED):
@@ -165,15 +169,20 @@ class RunDir(CheckpointFiles, HistoryFile):
         if not self._held:
             raise RuntimeError(f"{self.dir}: write without holding the lock")
 
-    def claim(self, cfg: dict[str, Any], split: dict[str, Any], env: dict[str, Any],
-              log=print) -> RunState:
-        """Make the directory this config's run, under the lock; return its state.
+    def claim(self, job: Any, log=print) -> RunState:
+        """Make the directory the run of `job` (training.job.Job), under the lock; return
+        its state.
 
-        A new run writes config and split. A run with another config is refused, unless it
-        failed or never finished an epoch: then nothing is lost and it is replaced
-        (FIDELITY.md R4).
+        A new run writes config (with what loading the data resolved) and split. A run with
+        another config is refused, unless it failed or never finished an epoch: then
+        nothing is lost and it is replaced (FIDELITY.md R4).
         """
         self._locked()
+        cfg, data = job.cfg, job.data
+        cfg = {**cfg, "resolved": {
+            "num_classes": data.num_classes, "image_shape": list(data.x_train.shape[1:]),
+            "train_images": len(data.y_train), "val_images": len(data.y_val),
+            "test_images": len(data.y_test)}}
         if self.exists:
             old, state = self.config, self.state or RunState()
             diff = config_diff(old, cfg)
@@ -191,10 +200,13 @@ class RunDir(CheckpointFiles, HistoryFile):
                     "the config (the new one replaces the failed run) or delete the directory.")
         self._clear_temporaries()
         if not self.exists:
-            files.write_json(self.path(SPLIT), split)
+            files.write_json(self.path(SPLIT), data.split)
             files.write_json(self.path(CONFIG), cfg)
         state = self.state or RunState()
-        state.sessions.append({**env, "pid": os.getpid(),
+        if state.history:
+            log(f"[{cfg['name']}] resuming after epoch {len(state.history)} "
+                f"(phase '{state.phase}', {state.phase_epoch} epochs into it)")
+        state.sessions.append({**job.env, "pid": os.getpid(),
                                   "started": time.strftime("%Y-%m-%dT%H:%M:%S")})
         self.write_state(state)
         return state
@@ -229,22 +241,3 @@ class RunDir(CheckpointFiles, HistoryFile):
         files.write_json(self.path(RESULTS), results)
         state.status = EVALUATED
         self.write_state(state)
-
-
-def open_run(path):
-    """An existing run directory; fail clearly when `path` is not one."""
-    run = RunDir(path)
-    if not run.exists:
-        raise ElasticKerasError(f"not a run directory (no {CONFIG}): {path}")
-    return run
-
-
-def find_runs(root):
-    """Every run directory under `root` (sorted), whatever its state."""
-    found = []
-    for folder, dirs, names in os.walk(os.fspath(root)):
-        dirs[:] = sorted(d for d in dirs if not d.startswith(".") and d != CKPT)
-        if CONFIG in names:
-            found.append(RunDir(folder))
-            dirs[:] = []
-    return sorted(found, key=lambda r: r.dir)

@@ -57,9 +57,9 @@ class Source:
 
 def config_hash(cfg: dict) -> str:
     """sha256 of the config keys that make the run what it is (rundir's identity)."""
-    from elastic_keras.runs.rundir import _identity
+    from elastic_keras.runs.rundir import config_identity
 
-    text = json.dumps(_identity(cfg), sort_keys=True, default=str)
+    text = json.dumps(config_identity(cfg), sort_keys=True, default=str)
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
@@ -108,7 +108,7 @@ def load_source(path) -> Source:
     """The model of a run directory (its best checkpoint; no data is read) or of a `.keras`
     file made by `elastify`, with its metadata."""
     from elastic_keras.inference.predictors import load
-    from elastic_keras.runs.rundir import open_run
+    from elastic_keras.runs.found import open_run
 
     path = os.fspath(path)
     if os.path.isfile(path):

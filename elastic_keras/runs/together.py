@@ -24,48 +24,49 @@ def train_seeds_together(configs: list[dict[str, Any]], run_dirs: list[str] | No
     """
     import keras
 
-    from elastic_keras.backend.environment import check_accelerator
-    from elastic_keras.runs.rundir import RunDir, run_dir_for
-    from elastic_keras.runs.train import _finished
+    from elastic_keras.runs.names import run_dir_for
+    from elastic_keras.runs.rundir import RunDir
 
     _check_together(configs, keras.backend.backend())
     dirs = run_dirs or [run_dir_for(c, runs_root) for c in configs]
     if len(dirs) != len(configs):
         raise ElasticKerasError(f"{len(configs)} configs but {len(dirs)} run directories")
     runs = [RunDir(d) for d in dirs]
-    todo = [i for i, (run, c) in enumerate(zip(runs, configs)) if not _finished(run, c, log)]
+    todo = [i for i, (run, c) in enumerate(zip(runs, configs)) if not run.finished_as(c, log)]
     if not todo:
         return runs
-    check_accelerator(configs[0]["profile"], allow_cpu)
     with contextlib.ExitStack() as locks:
         for i in todo:
             locks.enter_context(runs[i].lock(wait=wait, log=log))
-        todo = [i for i in todo if not _finished(runs[i], configs[i], log)]
-        failed = _train(runs, configs, todo, log) if todo else {}
+        todo = [i for i in todo if not runs[i].finished_as(configs[i], log)]
+        failed = _train(runs, configs, todo, log, allow_cpu) if todo else {}
     if failed:
         raise ElasticKerasError(f"{len(failed)} of {len(configs)} seeds failed: "
                                 + " | ".join(failed.values()))
     return runs
 
 
-def _train(runs, configs, todo, log):
-    """Prepare and claim each run of `todo`, train them together, evaluate the survivors."""
+def _train(runs, configs, todo, log, allow_cpu):
+    """Prepare and claim each run of `todo`, train them together (each run's files written
+    by its own RunDir, as for one run), evaluate the survivors."""
     from elastic_keras.runs.evaluate import evaluate_run
-    from elastic_keras.runs.train import _resolved, prepare
-    from elastic_keras.training.state import TRAINED
-    from elastic_keras.training.stacked import fit_together
+    from elastic_keras.training.job import prepare
+    from elastic_keras.training.stacked import epochs_together
 
     sel = [runs[i] for i in todo]
-    jobs = [prepare(configs[i], log) for i in todo]
-    states = [run.claim(_resolved(job.cfg, job.data), job.data.split, job.env, log)
-              for run, job in zip(sel, jobs)]
-    failed = fit_together(sel, jobs, states, log)
+    jobs = [prepare(configs[i], log, allow_cpu) for i in todo]
+    states = [run.claim(job, log) for run, job in zip(sel, jobs)]
+    failed = {}
+    for k, event in epochs_together(jobs, states, log):
+        try:
+            sel[k].take(jobs[k], states[k], event)
+        except ElasticKerasError as e:  # this seed diverged: it fails alone (T9)
+            failed[todo[k]] = str(e)
     for k, (run, job, state) in enumerate(zip(sel, jobs, states)):
-        if k not in failed:
-            state.status = TRAINED
+        if todo[k] not in failed:
             run.write_state(state)
             evaluate_run(run, job.net, job.data, state, log)
-    return {todo[k]: message for k, message in failed.items()}
+    return failed
 
 
 def _check_together(configs, backend):

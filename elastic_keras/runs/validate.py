@@ -7,7 +7,8 @@ from elastic_keras.data.datasets import PREPROCESS_MODES as PREPROCESS
 from elastic_keras.errors import ElasticKerasError
 from elastic_keras.model.registry import PRECISIONS
 from elastic_keras.model.registry import MOBILENET_ALPHAS
-from elastic_keras.training.loop import BACKPROP, TRAINABLE
+from elastic_keras.training.job import BACKPROP
+from elastic_keras.training.loop import TRAINABLE
 
 
 

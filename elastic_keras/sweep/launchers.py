@@ -10,7 +10,8 @@ import platform
 import time
 
 from elastic_keras.errors import ElasticKerasError
-from elastic_keras.runs.rundir import RunBusy, RunDir, run_dir_for
+from elastic_keras.runs.names import run_dir_for
+from elastic_keras.runs.rundir import RunBusy, RunDir
 
 LAUNCHERS = ("local", "ray")
 
@@ -61,9 +62,44 @@ def local_launcher(configs, runs_root="runs", allow_cpu=False, log=print):
     return failures
 
 
+def seed_groups(configs):
+    """[[the seeds of one config], ...] in order of first appearance (names: runs.names)."""
+    from elastic_keras.runs.names import split_seed
+
+    groups: dict[str, list] = {}
+    for cfg in configs:
+        groups.setdefault(split_seed(cfg["name"])[0], []).append(cfg)
+    return list(groups.values())
+
+
+def together_launcher(configs, runs_root="runs", allow_cpu=False, log=print):
+    """JAX: the seeds of each config trained together in one program (FIDELITY.md B9); a
+    config of one seed, or with multi-way backpropagation, goes to the local launcher.
+    Returns [(names, message)] of the failures."""
+    from elastic_keras.runs.together import train_seeds_together
+
+    failures = []
+    for group in seed_groups(configs):
+        if len(group) == 1 or group[0]["train"]["backprop"] != "joint":
+            failures += local_launcher(group, runs_root, allow_cpu, log)
+            continue
+        names = ", ".join(c["name"] for c in group)
+        log(f"=== {names}: {len(group)} seeds together in one program")
+        try:
+            train_seeds_together(group, runs_root=runs_root, log=log, allow_cpu=allow_cpu)
+        except RunBusy as e:  # another worker holds one of them: one by one, waiting
+            log(f"=== {e}; training these seeds one by one")
+            failures += local_launcher(group, runs_root, allow_cpu, log)
+        except ElasticKerasError as e:
+            failures.append((names, str(e)))
+    return failures
+
+
 def make_launcher(name="local", gpus_per_run=None, cpus_per_run=1.0, profile="paper",
-                  allow_cpu=False):
-    """The launcher called by `reproduce`: fn(configs, runs_root, allow_cpu, log) -> failures."""
+                  allow_cpu=False, together=None):
+    """The launcher called by `reproduce`: fn(configs, runs_root, allow_cpu, log) -> failures.
+    `together`: under JAX, the local launcher trains the seeds of a config in one program
+    (None: where JAX sees an accelerator; on XLA's CPU backend it is slower: B9)."""
     if name not in LAUNCHERS:
         raise ElasticKerasError(f"unknown launcher {name!r}; valid: {', '.join(LAUNCHERS)}")
     if gpus_per_run is not None and (gpus_per_run <= 0 or gpus_per_run > 1 and gpus_per_run % 1):
@@ -74,10 +110,13 @@ def make_launcher(name="local", gpus_per_run=None, cpus_per_run=1.0, profile="pa
             raise ElasticKerasError("--gpus-per-run applies to --launcher ray")
 
         def local(configs, runs_root="runs", allow_cpu=False, log=print):
-            from elastic_keras.backend.environment import check_accelerator, import_keras_quietly
+            from elastic_keras.backend.environment import (
+                accelerators, backend, check_accelerator, import_keras_quietly)
 
             import_keras_quietly()  # the runs train here (FIDELITY.md R13)
             check_accelerator(profile, allow_cpu)  # once, before any run
+            if backend() == "jax" and (bool(accelerators()) if together is None else together):
+                return together_launcher(configs, runs_root, allow_cpu, log)
             return local_launcher(configs, runs_root, allow_cpu, log)
         return local
 

@@ -6,7 +6,7 @@ from typing import Any
 
 from elastic_keras.runs.config import validate
 from elastic_keras.runs.names import RunName, method_run
-from elastic_keras.sweep.reproduce import run_configs
+from elastic_keras.sweep.cells import run_configs
 
 # Each scheme through the same two-phase trainer (FIDELITY.md G18): what it sets.
 SCHEMES: dict[str, dict[str, Any]] = {

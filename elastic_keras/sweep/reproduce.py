@@ -1,56 +1,15 @@
 """Reproduction driver: train every unfinished run of a table, then write the tables once."""
 
 import json
-import os
 import time
 
 from elastic_keras import files
-from elastic_keras.runs.config import load_config
-from elastic_keras.data.cifar import CIFAR
 from elastic_keras.errors import ElasticKerasError
-from elastic_keras.model.registry import REGISTRY
-from elastic_keras.runs.names import RunName, Setting
-from elastic_keras.runs.rundir import RunDir, run_dir_for
+from elastic_keras.runs.names import Setting
+from elastic_keras.runs.names import run_dir_for
+from elastic_keras.runs.rundir import RunDir
 from elastic_keras.report.tables import table_runs
-
-
-def select(table, runs=None, protocol="paper"):
-    """The table's run names, or the subset `runs` (run names or backbone names)."""
-    names = table_runs(table, protocol)
-    if not runs:
-        return names
-    wanted = [r.strip() for r in runs.split(",") if r.strip()] if isinstance(runs, str) else runs
-    backbone = {n: RunName.parse(n).backbone for n in names}
-    chosen = [n for n in names if n in wanted or backbone[n] in wanted]
-    unknown = [w for w in wanted if w not in names and w not in backbone.values()]
-    if unknown:
-        raise ElasticKerasError(
-            f"--runs: {unknown} match no run of {table}; valid: run names ({names[0]}, ...) "
-            f"or backbones ({', '.join(sorted(set(backbone.values()) & set(REGISTRY)))})")
-    return chosen
-
-
-def run_configs(table, profile="paper", protocol="paper", data=None, data_dir=None,
-                weights=None, runs=None, extra=()):
-    """Resolved configs of the runs to do, and the runs skipped. `data` replaces the
-    dataset: 'synthetic' keeps the cell's class count, 'digits' serves the 10-class cells."""
-    configs, skipped = [], []
-    for name in select(table, runs, protocol):
-        dataset = RunName.parse(name).dataset
-        classes = CIFAR[dataset]["classes"]
-        sets = list(extra)
-        if data:
-            if data == "digits" and classes != 10:
-                skipped.append(name)
-                continue
-            sets += [f"data.dataset={data}", f"data.num_classes={classes}"]
-        if data_dir:  # absolute: workers may start elsewhere (ray)
-            sets.append(f"data.data_dir={os.path.abspath(data_dir)}")
-        if weights:
-            sets.append("model.weights=" + ("null" if weights.lower() == "none" else weights
-                                             if weights == "imagenet" else os.path.abspath(weights)))
-        configs.append(load_config(name, sets, profile=profile, protocol=protocol))
-    return configs, skipped
+from elastic_keras.sweep.cells import run_configs, select
 
 
 def table_configs(table, seeds=1, backbone="mobilenet", **options):
@@ -120,16 +79,17 @@ def _write(table, setting, runs_root, out_dir, skipped, runs, protocol, seeds, b
                         seeds=seeds, log=log)[0]
 
 
-def train_seeds(configs, runs_root="runs", allow_cpu=False, run_dir=None, log=print):
+def train_seeds(configs, runs_root="runs", allow_cpu=False, run_dir=None, log=print,
+                together=None):
     """`train --seeds N`: the seeds of one config, each its own run, with the local launcher
-    (one after another here; a seed another worker holds is waited for). Returns the
-    failures, each also printed."""
+    (together in one program or one after another: `launchers.make_launcher`; a seed
+    another worker holds is waited for). Returns the failures, each also printed."""
     from elastic_keras.sweep.launchers import make_launcher
 
     if run_dir:
         raise ElasticKerasError("--run-dir names one run; with --seeds each seed has its own "
                                 "(leave --run-dir out)")
-    failures = make_launcher("local", profile=configs[0]["profile"])(
+    failures = make_launcher("local", profile=configs[0]["profile"], together=together)(
         configs, runs_root=runs_root, allow_cpu=allow_cpu, log=log)
     for name, message in failures:
         log(f"failed {name}: {message}")

@@ -4,55 +4,62 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any
 
-from elastic_keras.errors import ElasticKerasError
+from elastic_keras.training.job import Job
 from elastic_keras.training.state import TRAINED, TRAINING, RunState
 
 TRAINABLE = ("heads", "all")  # what a phase trains: the exits' heads only, or everything
-# train.backprop: the summed loss, or AuxNet's as written, or the pre-step reading (L4)
-BACKPROP = ("joint", "multi_way", "multi_way_prestep")
 
 CLIP_LIMIT = 0.5  # a run whose training images are mostly clipped has diverged (T9)
 
 
+# What the loop hands its caller (runs.checkpoints.EpochFiles): the loop touches no file.
 @dataclass
-class Job:
-    """What a run trains: its config, data, network, trainer, and where it runs."""
+class Restore:
+    """Before a phase: load these weights (and the optimizer's state) into the network."""
 
-    cfg: dict[str, Any]
-    data: Any  # data.splits.Data
-    net: Any  # an ElasticModel
-    trainer: Any  # ExitTrainer or a multi-way trainer
-    env: dict[str, Any]
-    weights: list[float]
+    checkpoint: dict[str, Any]
+    optimizer: bool
 
 
-class Checkpoints(Protocol):
-    """What the loop needs of a run's files (runs.rundir.RunDir provides it)."""
+@dataclass
+class Epoch:
+    """An epoch is done and in the state: checkpoint it (a best one too), then save the state."""
 
-    def save_checkpoint(self, net: Any, optimizer: Any, tag: str) -> dict[str, str]: ...
-    def load_weights(self, net: Any, checkpoint: dict[str, Any]) -> None: ...
-    def load_optimizer(self, optimizer: Any, variables: Any,
-                       checkpoint: dict[str, Any]) -> None: ...
-    def write_state(self, state: RunState) -> None: ...
-    def write_history(self, rows: list[dict[str, Any]], outputs: list[str]) -> None: ...
-    def prune_checkpoints(self, state: RunState) -> None: ...
-    def fail(self, state: RunState, message: str) -> None: ...
+    row: dict[str, Any]
+    best: bool  # the lowest validation loss of its phase so far
 
 
-def fit(run: Checkpoints, job: Job, state: RunState, log=print, verbose: bool = True) -> None:
-    """Run every phase not yet done, epoch by epoch; the state says where to start."""
+@dataclass
+class Diverged:
+    """The run diverged: record the failure; the loop has stopped (T9)."""
+
+    message: str
+
+
+Event = Restore | Epoch | Diverged
+
+
+def epochs(job: Job, state: RunState, log=print, verbose: bool = True) -> Iterator[Event]:
+    """Run every phase not yet done, epoch by epoch; the state says where to start. Yields
+    what needs the run's files (a Restore before a phase, an Epoch after each epoch, or
+    Diverged, after which it stops); the caller acts on each before the loop goes on."""
     phases = list(job.cfg["phases"].items())
     for index, (name, phase) in enumerate(phases):
         if index < _phases_done(state, phases):
             continue
-        start_phase(run, job, state, index, phases, log)
+        restore = start_phase(job, state, index, phases, log)
+        if restore is not None:
+            yield restore
         while not _phase_over(state, phase):
-            run_epoch(run, job, state, name, phase, log, verbose)
+            event = run_epoch(job, state, name, phase, log, verbose)
+            yield event
+            if isinstance(event, Diverged):
+                return
     state.status = TRAINED
-    run.write_state(state)
 
 
 def _phases_done(state, phases):
@@ -67,8 +74,8 @@ def _phase_over(state, phase):
     return state.phase_epoch >= phase["epochs"] or state.stopped
 
 
-def start_phase(run, job, state, index, phases, log):
-    """Set what trains, compile, and load the weights this phase starts from."""
+def start_phase(job: Job, state: RunState, index: int, phases: list, log=print) -> Restore | None:
+    """Set what trains and compile; return the weights this phase starts from, if any."""
     import keras
 
     from elastic_keras.training.schedule import new_state
@@ -85,15 +92,15 @@ def start_phase(run, job, state, index, phases, log):
                         steps_per_execution=job.cfg["train"]["steps_per_execution"])
     before = phases[index - 1][0] if index > 0 else None
     if resuming and state.last:
-        run.load_weights(job.net, state.last)
-        run.load_optimizer(job.trainer.optimizer, job.trainer.trainable_variables, state.last)
-    elif before in state.best and job.cfg["train"]["reload_best_between_phases"]:
+        return Restore(state.last, optimizer=True)
+    if before in state.best and job.cfg["train"]["reload_best_between_phases"]:
         # The authors' scripts reload the best phase-1 checkpoint before phase 2 (T3).
-        run.load_weights(job.net, state.best[before])
         log(f"[{job.cfg['name']}] phase '{name}' starts from the best '{before}' checkpoint "
             f"(epoch {state.best[before]['epoch']})")
-    elif state.last:  # the previous phase's last weights (a resumed run starts fresh: R11)
-        run.load_weights(job.net, state.last)
+        return Restore(state.best[before], optimizer=False)
+    if state.last:  # the previous phase's last weights (a resumed run starts fresh: R11)
+        return Restore(state.last, optimizer=False)
+    return None
 
 
 def set_trainable(net: Any, trainable: str) -> None:
@@ -106,8 +113,9 @@ def set_trainable(net: Any, trainable: str) -> None:
         layer.trainable = trainable == "all" or layer.name in heads
 
 
-def run_epoch(run, job, state, name, phase, log, verbose):
-    """One epoch: train, validate, check for divergence, checkpoint, then the state."""
+def run_epoch(job: Job, state: RunState, name: str, phase: dict[str, Any], log=print,
+              verbose: bool = True) -> Epoch | Diverged:
+    """One epoch: train, validate, check for divergence, then update the state."""
     from elastic_keras.data.batches import Batches
     from elastic_keras.backend.keras_internals import reseed
     from elastic_keras.training.progress import StepProgress, epoch_line
@@ -126,12 +134,14 @@ def run_epoch(run, job, state, name, phase, log, verbose):
         validation_data=Batches(data.x_val, data.y_val, t["eval_batch_size"]),
         epochs=1, shuffle=False, verbose=0, callbacks=[clock])
     logs = named({k: v[-1] for k, v in hist.history.items()}, job.trainer.exit_names)
-    check_divergence(run, job, state, logs, epoch, name)
+    diverged = check_divergence(job, logs, epoch, name)
+    if diverged:
+        return diverged
     row = {"epoch": epoch, "phase": name, "phase_epoch": state.phase_epoch + 1,
            "lr": state.lr, **logs, "time_s": round(time.time() - start, 3),
            "train_s": round(clock.train_s, 3), "val_s": round(clock.val_s, 3)}
     log(epoch_line(label, row, len(data.y_train), len(data.y_val)))
-    end_epoch(run, job, state, row, phase)
+    return end_epoch(state, row, phase)
 
 
 def epoch_label(cfg, state, name, phase, epoch):
@@ -140,8 +150,8 @@ def epoch_label(cfg, state, name, phase, epoch):
             f" ({name} {state.phase_epoch + 1}/{phase['epochs']}, lr {state.lr:.3g})")
 
 
-def check_divergence(run, job, state, logs, epoch, name):
-    """Stop a diverged run: a non-finite loss or weight, or a loss pinned at the clip
+def check_divergence(job: Job, logs: dict[str, float], epoch: int, name: str) -> Diverged | None:
+    """Has the run diverged? A non-finite loss or weight, or a loss pinned at the clip
     ceiling (most true-class probabilities clipped to 1e-7). No results are written (T9)."""
     import numpy as np
     from keras import ops
@@ -154,47 +164,24 @@ def check_divergence(run, job, state, logs, epoch, name):
                "training images got a true-class probability clipped to 1e-7")
     elif not all(np.isfinite(ops.convert_to_numpy(w)).all() for w in job.net.weights):
         why = "some weights are not finite"
-    if why:
-        message = (f"[{job.cfg['name']}] diverged at run epoch {epoch} (phase '{name}'): {why}."
-                   f" Lower the learning rate (--set phases.{name}.lr=...). No results written.")
-        run.fail(state, message)
-        raise ElasticKerasError(message)
+    if why is None:
+        return None
+    return Diverged(f"[{job.cfg['name']}] diverged at run epoch {epoch} (phase '{name}'): "
+                    f"{why}. Lower the learning rate (--set phases.{name}.lr=...). No results "
+                    "written.")
 
 
-def end_epoch(run, job, state, row, phase):
-    """Checkpoints first, then the state that points to them (kill -9 safe)."""
+def end_epoch(state: RunState, row: dict[str, Any], phase: dict[str, Any]) -> Epoch:
+    """The epoch into the state: its row, the phase's count, the schedule. The caller then
+    writes the checkpoints, and after them the state that points to them (kill -9 safe)."""
     from elastic_keras.training.schedule import early_stop, plateau
 
-    name, epoch = row["phase"], row["epoch"]
+    best = state.best.get(row["phase"])
     state.history.append(row)
     state.phase_epoch += 1
     state.status = TRAINING
-    tag = f"epoch-{epoch:04d}"
-    state.last = run.save_checkpoint(job.net, job.trainer.optimizer, tag)
-    best = state.best.get(name)
-    if best is None or row["val_loss"] < best["val_loss"]:
-        saved = run.save_checkpoint(job.net, None, f"best-{tag}")
-        state.best[name] = {"epoch": epoch, "phase": name, "val_loss": row["val_loss"], **saved}
     if phase["reduce_lr"]:
         state.lr = plateau(state.schedule, row["val_loss"], state.lr, phase)
     if phase["early_stop"] and early_stop(state.schedule, row["val_loss"], phase):
         state.stopped = True
-    run.write_state(state)
-    run.write_history(state.history, [e["output"] for e in job.net.exits])
-    run.prune_checkpoints(state)
-
-
-def make_trainer(net, loss_weights, backprop="joint"):
-    """The trainer of a run: "joint" backpropagation of the summed loss (the paper), or
-    AuxNet's "multi_way" or "multi_way_prestep" (one update per output, in series:
-    multiway.py, FIDELITY.md L4)."""
-    if backprop in BACKPROP[1:]:
-        from elastic_keras.training.multiway import multi_way_trainer
-
-        return multi_way_trainer(net, loss_weights, backprop)
-    if backprop != "joint":
-        raise ElasticKerasError(f"train.backprop must be one of {', '.join(BACKPROP)}; "
-                                f"received {backprop!r}")
-    from elastic_keras.training.objective import ExitTrainer
-
-    return ExitTrainer(net, loss_weights)
+    return Epoch(row, best=best is None or row["val_loss"] < best["val_loss"])

@@ -38,10 +38,9 @@ class ExitMetrics(keras.metrics.Metric):
     it. The total loss is Keras' own loss tracker (`loss`).
     """
 
-    def __init__(self, output_names, name="exit_metrics", **kwargs):
+    def __init__(self, outputs, name="exit_metrics", **kwargs):
         super().__init__(name=name, **kwargs)
-        self.output_names = list(output_names)
-        self.sums = self.add_variable(shape=(3 * len(self.output_names),),
+        self.sums = self.add_variable(shape=(3 * outputs,),
                                       initializer="zeros", name="sums")
         self.count = self.add_variable(shape=(), initializer="zeros", name="count")
 
@@ -86,12 +85,12 @@ class ExitTrainer(keras.Model):
     def __init__(self, net, loss_weights, **kwargs):
         super().__init__(**kwargs)
         self.net = net
+        self.exit_metrics = ExitMetrics(len(loss_weights))
         names = [e["output"] for e in exit_records(net)]
         if len(loss_weights) != len(names):
             raise ValueError(f"{len(loss_weights)} loss weights for {len(names)} outputs")
         self.loss_weights = [float(w) for w in loss_weights]
         self.exit_names = names
-        self.exit_metrics = ExitMetrics(names)
 
     def call(self, x, training=False):
         out = self.net(x, training=training)

@@ -3,16 +3,19 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
 from typing import Any, Callable
 
 import numpy as np
 
 from elastic_keras.errors import ElasticKerasError
+from elastic_keras.training.loop import Diverged
 
 
-def fit_together(runs: list, jobs: list, states: list, log=print) -> dict[int, str]:
-    """Train K runs of one config (seeds differ) together, phase by phase, epoch by epoch;
-    return {index: failure message} of the runs that diverged (the others went on).
+def epochs_together(jobs: list, states: list, log=print) -> Iterator[tuple[int, Any]]:
+    """Train K runs of one config (seeds differ) together, phase by phase, epoch by epoch,
+    yielding (seed index, event) for what needs each run's files, as `loop.epochs` does
+    for one run. A seed that diverges yields Diverged and drops out; the others go on.
 
     Variables, optimizer state (learning rate included: plateau cuts differ by seed) and
     RNG state of the K networks are stacked along a leading axis and stepped by one
@@ -20,13 +23,15 @@ def fit_together(runs: list, jobs: list, states: list, log=print) -> dict[int, s
     written back into each run's own network and optimizer, so each run's checkpoints,
     state, history and plateau are exactly the single-run loop's (`loop.end_epoch`).
     """
-    from elastic_keras.training.loop import _phase_over, _phases_done, start_phase
+    from elastic_keras.training.loop import TRAINED, _phase_over, _phases_done, start_phase
 
-    phases, failed = list(jobs[0].cfg["phases"].items()), {}
+    phases, failed = list(jobs[0].cfg["phases"].items()), set()
     for index, (name, phase) in enumerate(phases):
         ids = [i for i in range(len(jobs)) if _phases_done(states[i], phases) <= index]
         for i in ids:
-            start_phase(runs[i], jobs[i], states[i], index, phases, log)
+            restore = start_phase(jobs[i], states[i], index, phases, log)
+            if restore is not None:
+                yield i, restore
             optimizer = jobs[i].trainer.optimizer
             if not optimizer.built:
                 optimizer.build(jobs[i].trainer.trainable_variables)
@@ -35,8 +40,11 @@ def fit_together(runs: list, jobs: list, states: list, log=print) -> dict[int, s
             live = [i for i in ids if i not in failed and not _phase_over(states[i], phase)]
             if not live:
                 break
-            failed.update(_epoch(runs, jobs, states, live, name, phase, steps, log))
-    return failed
+            for i, event in _epoch(jobs, states, live, name, phase, steps, log):
+                failed |= {i} if isinstance(event, Diverged) else set()
+                yield i, event
+    for i in set(range(len(jobs))) - failed:
+        states[i].status = TRAINED
 
 
 def compiled_steps(job: Any) -> tuple[Callable, Callable]:
@@ -96,7 +104,7 @@ def run_batches(step: Callable, state: list, batches: list) -> tuple[list, Any]:
     return state, np.asarray(total, dtype=np.float64) / len(batches[0].x)
 
 
-def _epoch(runs, jobs, states, ids, name, phase, steps, log):
+def _epoch(jobs, states, ids, name, phase, steps, log):
     """One epoch of the seeds `ids`, together; each then ends it as if alone."""
     from elastic_keras.data.batches import Batches
     from elastic_keras.backend.keras_internals import reseed
@@ -122,19 +130,13 @@ def _epoch(runs, jobs, states, ids, name, phase, steps, log):
         unstack_values(values, variables)
     times = {"time_s": time.time() - start, "train_s": train_s,
              "val_s": time.time() - start - train_s}
-    failed = {}
     for k, i in enumerate(ids):
         logs = {"loss": sums[k, 0], "exits": sums[k, 1:], "val_loss": val_sums[k, 0],
                 "val_exits": val_sums[k, 1:]}
-        try:
-            _end(runs[i], jobs[i], states[i], logs, epochs[k], name, phase, times, log)
-        except ElasticKerasError as e:  # this seed diverged: it fails alone (T9)
-            log(str(e))
-            failed[i] = str(e)
-    return failed
+        yield i, _end(jobs[i], states[i], logs, epochs[k], name, phase, times, log)
 
 
-def _end(run, job, state, logs, epoch, name, phase, times, log):
+def _end(job, state, logs, epoch, name, phase, times, log):
     """What the single-run loop does after an epoch's fit (loop.run_epoch)."""
     from elastic_keras.training.progress import epoch_line
     from elastic_keras.training.loop import check_divergence, end_epoch, epoch_label
@@ -142,8 +144,11 @@ def _end(run, job, state, logs, epoch, name, phase, times, log):
 
     label = epoch_label(job.cfg, state, name, phase, epoch)
     logs = named(logs, job.trainer.exit_names)
-    check_divergence(run, job, state, logs, epoch, name)
+    diverged = check_divergence(job, logs, epoch, name)
+    if diverged:
+        log(diverged.message)
+        return diverged
     row = {"epoch": epoch, "phase": name, "phase_epoch": state.phase_epoch + 1,
            "lr": state.lr, **logs, **{k: round(v, 3) for k, v in times.items()}}
     log(epoch_line(label, row, len(job.data.y_train), len(job.data.y_val)) + " (seeds together)")
-    end_epoch(run, job, state, row, phase)
+    return end_epoch(state, row, phase)
