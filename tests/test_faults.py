@@ -258,7 +258,7 @@ def test_a_diverged_run_is_listed_as_failed_with_its_reason(runs, tmp_path):
     written, _, _ = write_tables(str(tmp_path / "runs"), Setting("smoke", data="synthetic"),
                                  str(tmp_path / "out"), which=("table1",), log=_quiet)
     table = open(written["table1"][1], encoding="utf-8").read()
-    assert ("`cifar10-mobilenet-plain`: failed: [x] diverged at run epoch 2 (phase "
+    assert ("`synthetic10-mobilenet-plain`: failed: [x] diverged at run epoch 2 (phase "
             "'full'): the loss is not finite") in table
 
 

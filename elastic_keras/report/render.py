@@ -64,7 +64,9 @@ def _runs_section(runs):
     out = [(n, s, p) for n, (s, p, _) in sorted(runs.seen.items()) if s != FINISHED]
     if not out:
         return ["All runs of this table finished.", ""]
-    return ["Runs not available:", ""] + [f"- `{n}`: {s} (`{p}`)" for n, s, p in out] + [""]
+    # Each run by its own name (the data it saw: FIDELITY.md R7), not its cell's.
+    return ["Runs not available:", ""] + [f"- `{os.path.basename(p) or n}`: {s} (`{p}`)"
+                                          for n, s, p in out] + [""]
 
 
 def _md_table(header, rows):
