@@ -16,7 +16,7 @@ TRAINABLE = ("heads", "all")  # what a phase trains: the exits' heads only, or e
 CLIP_LIMIT = 0.5  # a run whose training images are mostly clipped has diverged (T9)
 
 
-# What the loop hands its caller (runs.checkpoints.EpochFiles): the loop touches no file.
+# What the loop hands its caller (runs.checkpoints: CheckpointFiles.take); it opens no file.
 @dataclass
 class Restore:
     """Before a phase: load these weights (and the optimizer's state) into the network."""
