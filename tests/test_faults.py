@@ -133,7 +133,7 @@ def test_a_corrupt_or_incomplete_state_fails_its_run_alone_and_the_tables_are_wr
     assert [n for n, _ in failures] == ["synthetic10-mobilenet-plain"]
     assert message in failures[0][1] and str(other / "state.json") in failures[0][1]
     table = open(written["table1"][1], encoding="utf-8").read()
-    assert "`cifar10-mobilenet-plain`: unreadable: " in table  # listed by its table cell
+    assert "`synthetic10-mobilenet-plain`: unreadable: " in table  # listed by its run name
     row = next(line for line in table.splitlines() if line.startswith("| MobileNet |"))
     assert row.split("|")[5].strip() not in ("", "—")  # the elastic run's number is there
 

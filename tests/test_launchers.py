@@ -60,7 +60,7 @@ def test_a_failing_run_fails_alone_and_the_summary_names_it(tmp_path):
     assert (tmp_path / "runs" / "smoke" / "synthetic" / "synthetic10-mobilenet-elastic" /
             "results.json").exists()
     md = (tmp_path / "results" / "smoke-synthetic-table1.md").read_text()
-    assert "`cifar10-mobilenet-plain`: unfinished" in md
+    assert "`synthetic10-mobilenet-plain`: unfinished" in md
 
 
 def test_launcher_arguments_are_checked():
