@@ -11,6 +11,7 @@ from elastic_keras.errors import ElasticKerasError
 
 FORMATS = ("saved_model", "litert", "onnx")
 MANIFEST = "manifest.json"
+EXPORT_PREFIX = "export-"  # a run's exports: RUN/export-FORMAT (runs/source.py)
 EXTENSION = {"saved_model": "", "litert": ".tflite", "onnx": ".onnx"}
 OPSET = 17  # ONNX opset of the exported segments and predictors
 

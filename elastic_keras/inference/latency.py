@@ -30,14 +30,6 @@ def _times(call, repeats: int) -> tuple[float, float]:
     return float(np.percentile(samples, 50)), float(np.percentile(samples, 95))
 
 
-def _confidences(probs, criterion):
-    p = np.asarray(probs, dtype=np.float32)
-    if criterion == "max_prob":
-        return p.max(axis=1)
-    safe = np.where(p > 0, p, 1.0)
-    return -(np.where(p > 0, p * np.log(safe), 0.0)).sum(axis=1)
-
-
 def probe_images(spec: dict, n: int = 64, seed: int = 0) -> np.ndarray:
     """Varied images of the artifacts' input spec (noise, flat colours, gradients), to
     find images that leave at each exit (latency paths, tests)."""
@@ -57,9 +49,13 @@ def path_thresholds(exported, probes) -> dict:
     at exit k, the threshold halfway inside its interval. Exit 1 and the final exit are
     always reached (max_prob 0 and 2; entropy inf and -1); the others where a probe allows
     (FIDELITY.md I32)."""
+    from keras import ops
+
+    from elastic_keras.inference.predictors import confidence  # the one definition (I2)
+
     names, criterion = exported.output_names, exported.manifest["criterion"]
-    conf = np.stack([_confidences(exported.predictor(n)(probes)["probabilities"], criterion)
-                     for n in names[:-1]])
+    conf = np.stack([ops.convert_to_numpy(confidence(
+        exported.predictor(n)(probes)["probabilities"], criterion)) for n in names[:-1]])
     sign = 1.0 if criterion == "max_prob" else -1.0  # leaving: sign * conf >= sign * t
     found = {1: (0, 0.0 if sign > 0 else math.inf), len(names): (0, 2.0 if sign > 0 else -1.0)}
     s = sign * conf
@@ -172,7 +168,10 @@ def find_latency(run_dir) -> str:
     """The latency.csv of a run's one export (RUN/export-*/latency.csv)."""
     import glob
 
-    found = sorted(glob.glob(os.path.join(os.fspath(run_dir), "export-*", LATENCY_CSV)))
+    from elastic_keras.inference.export import EXPORT_PREFIX
+
+    found = sorted(glob.glob(os.path.join(os.fspath(run_dir), EXPORT_PREFIX + "*",
+                                          LATENCY_CSV)))
     if len(found) != 1:
         raise ElasticKerasError(
             f"costs in ms (budget --cost latency, calibrate --max-ms) need one latency.csv "

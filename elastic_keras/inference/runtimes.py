@@ -19,11 +19,7 @@ def is_export(path) -> bool:
 def _litert(path):
     from ai_edge_litert.interpreter import Interpreter
 
-    runner = Interpreter(model_path=path).get_signature_runner()
-
-    def run(**inputs):
-        return runner(**inputs)
-    return run
+    return Interpreter(model_path=path).get_signature_runner()
 
 
 def _saved_model(path):

@@ -75,8 +75,10 @@ class SegmentCascade:
             p, conf, features = segment(feats)
             if probs is None:
                 probs = np.zeros((n, p.shape[1]), np.float32)
-            if k == len(self.segments) - 1 or exit_at is not None:  # the final exit takes
-                leave = np.full(len(index), k + 1 == (exit_at or k + 1))  # whoever is left
+            if exit_at is not None:  # timing a path: everyone leaves at exit `exit_at`
+                leave = np.full(len(index), k + 1 == exit_at)
+            elif k == len(self.segments) - 1:  # the final exit takes whoever is left
+                leave = np.ones(len(index), dtype=bool)
             else:
                 leave = conf >= threshold if self.criterion == "max_prob" else conf <= threshold
             probs[index[leave]], exits[index[leave]] = p[leave], k + 1

@@ -22,6 +22,18 @@ BUDGET_COLUMNS = ("kind", "criterion", "threshold", "quantile", "exit", "test_ac
                   "test_macs", "macs_fraction", "val_accuracy", "val_macs", "exit_fractions",
                   "n_test", "certificate")
 CERTIFIED = "certified"  # the kind of the row of calibrate's threshold
+BUDGET_CSV = "budget.csv"  # what `budget` writes: BUDGET_COLUMNS, one row per point
+
+
+def read_budget(path) -> list[dict] | None:
+    """The rows of a budget.csv (strings, as written), or None where there is none."""
+    import csv
+    import os
+
+    if not os.path.isfile(path):
+        return None
+    with open(path, encoding="utf-8", newline="") as f:
+        return list(csv.DictReader(f))
 
 
 def _labels(y):

@@ -8,8 +8,9 @@ from typing import Any
 from elastic_keras import files
 from elastic_keras.errors import ElasticKerasError
 from elastic_keras.inference.calibration import read_calibration
-from elastic_keras.inference.thresholds import (BUDGET_COLUMNS, CERTIFIED, budget_sweep,
-                                                normalised_auc, operating_point)
+from elastic_keras.inference.thresholds import (BUDGET_COLUMNS, BUDGET_CSV, CERTIFIED,
+                                                budget_sweep, normalised_auc, operating_point,
+                                                read_budget)
 from elastic_keras.report.plots import new_figure, save_figure
 from elastic_keras.report.intervals import interval
 from elastic_keras.runs.names import seed_name
@@ -17,7 +18,7 @@ from elastic_keras.runs.found import find_runs, open_run
 from elastic_keras.runs.rundir import RunDir
 from elastic_keras.training.state import EVALUATED
 
-BUDGET_CSV, BUDGET_PNG = "budget.csv", "budget.png"
+BUDGET_PNG = "budget.png"
 SEEDS_CSV, SEEDS_PNG = "budget-seeds.csv", "budget-seeds.png"
 
 
@@ -142,13 +143,9 @@ def budget_path(path: str, log=print, seeds: int = 1, **options: Any) -> int:
 def budget_rows(run: RunDir, log=print, **options: Any) -> list[dict[str, Any]]:
     """The budget rows of a finished run: its budget.csv when written with the same
     criterion (default options), else computed (and written) now."""
-    import csv
-
-    path = run.output(BUDGET_CSV)
     criterion = options.get("criterion", "max_prob")
-    if os.path.isfile(path) and set(options) <= {"criterion"}:
-        with open(path, encoding="utf-8", newline="") as f:
-            rows = list(csv.DictReader(f))
+    if set(options) <= {"criterion"}:
+        rows = read_budget(run.output(BUDGET_CSV))
         if rows and {r["criterion"] for r in rows if r["kind"] == "cascade"} == {criterion}:
             return rows
     return budget_run(run, log=log, **options)

@@ -51,10 +51,8 @@ class HistoryFile:
 
     dir: str
 
-    def path(self, *parts: str) -> str:
-        return os.path.join(self.dir, *parts)
-
     if TYPE_CHECKING:  # the rest of the run directory: runs.rundir.RunDir
+        def path(self, *parts: str) -> str: ...
         def _locked(self) -> None: ...
         def lock(self, wait: bool = False, log: Any = None) -> ContextManager[Any]: ...
         @property

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import csv
 import hashlib
 import json
 import os
@@ -11,9 +10,8 @@ from typing import Any
 
 from elastic_keras.errors import ElasticKerasError
 from elastic_keras.inference.calibration import read_calibration
-from elastic_keras.inference.thresholds import operating_point
+from elastic_keras.inference.thresholds import BUDGET_CSV, operating_point, read_budget
 
-BUDGET_CSV = "budget.csv"
 # Class names where the dataset defines them (CIFAR-10's batches.meta, CIFAR-100's meta
 # "fine_label_names", digits' own labels).
 CLASS_NAMES = {
@@ -63,15 +61,11 @@ def config_hash(cfg: dict) -> str:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
-def budget_pick(run_dir: str) -> dict | None:
-    """The operating point `budget` names in its log, from budget.csv: the cheapest threshold
-    whose validation accuracy reaches the final exit's (None when there is no budget.csv)."""
-    path = os.path.join(run_dir, BUDGET_CSV)
-    if not os.path.isfile(path):
-        return None
-    with open(path, encoding="utf-8", newline="") as f:
-        rows = list(csv.DictReader(f))
-    pick = operating_point(rows)
+def budget_pick(run) -> dict | None:
+    """The operating point `budget` names in its log, from the run's budget.csv: the cheapest
+    threshold whose validation accuracy reaches the final exit's (None when there is none)."""
+    rows = read_budget(run.output(BUDGET_CSV))
+    pick = operating_point(rows) if rows else None
     if pick is None:
         return None
     return {"threshold": float(pick["threshold"]), "criterion": pick["criterion"],
@@ -88,7 +82,7 @@ def _run_meta(run) -> dict[str, Any]:
                        "checkpoint": run.best_checkpoint()["file"]},
             "config_hash": config_hash(cfg), "thresholds": {},
             "class_names": CLASS_NAMES.get(cfg["data"]["dataset"])}
-    pick = budget_pick(run.dir)
+    pick = budget_pick(run)
     if pick:
         meta["thresholds"]["budget"] = pick
         meta["threshold"], meta["criterion"] = pick["threshold"], pick["criterion"]
@@ -124,7 +118,10 @@ def load_source(path) -> Source:
 
 def default_export_dir(source_path, fmt: str) -> str:
     """Where `export` writes without --out: RUN/export-FORMAT, or FILE-export-FORMAT."""
+    from elastic_keras.inference.export import EXPORT_PREFIX
+    from elastic_keras.runs.rundir import RunDir
+
     path = os.path.normpath(os.fspath(source_path))
     if os.path.isdir(path):
-        return os.path.join(path, f"export-{fmt}")
-    return f"{os.path.splitext(path)[0]}-export-{fmt}"
+        return RunDir(path).output(f"{EXPORT_PREFIX}{fmt}")
+    return f"{os.path.splitext(path)[0]}-{EXPORT_PREFIX}{fmt}"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -118,7 +118,7 @@ def run_epoch(job: Job, state: RunState, name: str, phase: dict[str, Any], log=p
     """One epoch: train, validate, check for divergence, then update the state."""
     from elastic_keras.data.batches import Batches
     from elastic_keras.backend.keras_internals import reseed
-    from elastic_keras.training.progress import StepProgress, epoch_line
+    from elastic_keras.training.progress import StepProgress
     from elastic_keras.training.objective import named
 
     cfg, data, t = job.cfg, job.data, job.cfg["train"]
@@ -134,13 +134,24 @@ def run_epoch(job: Job, state: RunState, name: str, phase: dict[str, Any], log=p
         validation_data=Batches(data.x_val, data.y_val, t["eval_batch_size"]),
         epochs=1, shuffle=False, verbose=0, callbacks=[clock])
     logs = named({k: v[-1] for k, v in hist.history.items()}, job.trainer.exit_names)
+    return finish_epoch(job, state, name, phase, epoch, label, logs, log, lambda: {
+        "time_s": time.time() - start, "train_s": clock.train_s, "val_s": clock.val_s})
+
+
+def finish_epoch(job: Job, state: RunState, name: str, phase: dict[str, Any], epoch: int,
+                 label: str, logs: dict[str, float], log, seconds: Callable[[], dict],
+                 note: str = "") -> Epoch | Diverged:
+    """After an epoch's fit (this loop's, or the seeds-together one's): check for divergence,
+    then the history row (`seconds()`: time, train and validation seconds, read once the
+    epoch is checked) and its line, then the state (end_epoch)."""
+    from elastic_keras.training.progress import epoch_line
+
     diverged = check_divergence(job, logs, epoch, name)
     if diverged:
         return diverged
     row = {"epoch": epoch, "phase": name, "phase_epoch": state.phase_epoch + 1,
-           "lr": state.lr, **logs, "time_s": round(time.time() - start, 3),
-           "train_s": round(clock.train_s, 3), "val_s": round(clock.val_s, 3)}
-    log(epoch_line(label, row, len(data.y_train), len(data.y_val)))
+           "lr": state.lr, **logs, **{k: round(v, 3) for k, v in seconds().items()}}
+    log(epoch_line(label, row, len(job.data.y_train), len(job.data.y_val)) + note)
     return end_epoch(state, row, phase)
 
 

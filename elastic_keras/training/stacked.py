@@ -137,18 +137,15 @@ def _epoch(jobs, states, ids, name, phase, steps, log):
 
 
 def _end(job, state, logs, epoch, name, phase, times, log):
-    """What the single-run loop does after an epoch's fit (loop.run_epoch)."""
-    from elastic_keras.training.progress import epoch_line
-    from elastic_keras.training.loop import check_divergence, end_epoch, epoch_label
+    """What the single-run loop does after an epoch's fit (loop.finish_epoch); a diverged
+    seed's message is logged here, since the others go on."""
+    from elastic_keras.training.loop import epoch_label, finish_epoch
     from elastic_keras.training.objective import named
 
     label = epoch_label(job.cfg, state, name, phase, epoch)
-    logs = named(logs, job.trainer.exit_names)
-    diverged = check_divergence(job, logs, epoch, name)
-    if diverged:
-        log(diverged.message)
-        return diverged
-    row = {"epoch": epoch, "phase": name, "phase_epoch": state.phase_epoch + 1,
-           "lr": state.lr, **logs, **{k: round(v, 3) for k, v in times.items()}}
-    log(epoch_line(label, row, len(job.data.y_train), len(job.data.y_val)) + " (seeds together)")
-    return end_epoch(state, row, phase)
+    event = finish_epoch(job, state, name, phase, epoch, label,
+                         named(logs, job.trainer.exit_names), log, lambda: times,
+                         note=" (seeds together)")
+    if isinstance(event, Diverged):
+        log(event.message)
+    return event
