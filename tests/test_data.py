@@ -283,7 +283,9 @@ def test_batches_stream_native_uint8_in_a_seeded_order():
     assert [len(b) for b in ys] == [16, 16, 16, 2]  # last partial batch kept
     assert xs[0].dtype == np.uint8 and xs[0].shape == (16, 8, 8, 3) and ys[0].dtype == np.int32
     np.testing.assert_array_equal(np.concatenate(ys), y)
-    order = lambda **kw: np.concatenate(_collect(Batches(x, y, 16, shuffle=True, **kw))[1])
+
+    def order(**kw):
+        return np.concatenate(_collect(Batches(x, y, 16, shuffle=True, **kw))[1])
     first = order(seed=0, epoch=1)
     np.testing.assert_array_equal(np.sort(first), y)
     np.testing.assert_array_equal(first, order(seed=0, epoch=1))  # resumed run: same order

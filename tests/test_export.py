@@ -3,6 +3,7 @@
 import csv
 import json
 import os
+import platform
 
 import keras
 import numpy as np
@@ -27,7 +28,7 @@ def _tiny_raw():
     L = keras.layers
     inp = keras.Input((6, 6, 3), name="images")
     x = Preprocess(8, name="preprocess")(inp)
-    for i, filters in enumerate((4, 6, 8), 1):
+    for i, filters in enumerate((16, 16, 32), 1):  # 16: onnxruntime's blocked layout applies
         if i > 1:
             x = L.MaxPooling2D(name=f"p{i - 1}")(x)
         x = L.Conv2D(filters, 3, padding="same", activation="relu", name=f"c{i}")(x)
@@ -157,6 +158,22 @@ def test_the_driver_sends_a_batch_out_at_a_chosen_exit_for_timing(exported):
                                        e.predictor(name)(x)["probabilities"], atol=1e-4)
     with pytest.raises(ElasticKerasError, match="only a segment driver"):
         Exported(folder / "saved_model").cascade(x, 2.0, exit_at=2)
+
+
+def test_onnx_segments_pass_features_in_onnxruntimes_blocked_layout(exported):
+    from elastic_keras.inference.segment_driver import SegmentCascade
+
+    _, folder, x, thr = exported
+    joined, apart = SegmentCascade(folder / "onnx"), SegmentCascade(folder / "onnx", False)
+    assert apart.layout == "NCHWc at 0 of 2 segment boundaries"
+    if platform.machine().lower() in ("x86_64", "amd64"):  # where onnxruntime blocks (AVX2 up)
+        assert joined.layout == "NCHWc at 2 of 2 segment boundaries"
+    for t in (0.0, thr, 2.0):
+        for got, want in zip(joined(x, t), apart(x, t)):
+            np.testing.assert_array_equal(got, want)
+    assert main(["latency", str(folder / "onnx"), "--batch", "2", "--repeats", "2"]) == 0
+    rows = list(csv.DictReader(open(folder / "onnx" / "latency.csv")))
+    assert rows and all(r["runtime"] == f"onnx ({joined.layout})" for r in rows)
 
 
 def test_predict_png_folder_through_an_export(exported, tmp_path, capsys):

@@ -124,7 +124,7 @@ def test_densenet_final_exit_reads_bn_with_the_same_parameters():
     assert rows[-1]["layer"] == "bn"
     assert [round(e["params"] / 1e6, 2) for e in rows] == [0.39, 1.47, 6.71, 20.90]
     plain = build_model("densenet121", 10, input_size=32, weights=None, plain=True)
-    assert exit_info(plain)[-1].layer == "bn" and "relu" not in [l.name for l in plain.layers]
+    assert exit_info(plain)[-1].layer == "bn" and "relu" not in [layer.name for layer in plain.layers]
 
 
 def test_a_smoke_run_with_multi_way_backprop_trains_and_evaluates(tmp_path):

@@ -43,15 +43,15 @@ def test_phase_heads_freezes_the_backbone_and_phase_full_trains_it():
     data = load_dataset("synthetic", train_limit=64, test_limit=20)
     net = build_model("mobilenet", 10, input_size=32, weights=None, source_shape=(32, 32, 3))
     trainer = ExitTrainer(net, [1.0] * len(net.outputs))
-    heads = [l for l in net.layers if l.name in head_layers(net)]
-    body = [l for l in net.layers if l not in heads and l.weights]
+    heads = [layer for layer in net.layers if layer.name in head_layers(net)]
+    body = [layer for layer in net.layers if layer not in heads and layer.weights]
     cfg = {"name": "t", "train": {"reload_best_between_phases": True, "steps_per_execution": 1}}
     job = Job(cfg, data, net, trainer, {}, [1.0] * len(net.outputs))
     phases = [(n, {"trainable": n, "lr": 0.01, "momentum": 0.9}) for n in ("heads", "all")]
     state = RunState()
 
     def snapshot(layers):
-        return [w.numpy().copy() for l in layers for w in l.weights]
+        return [w.numpy().copy() for layer in layers for w in layer.weights]
 
     def fit(trainable):
         # The loop's own phase start: what trains, and a fresh compile.

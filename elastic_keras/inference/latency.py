@@ -109,7 +109,7 @@ def measure(exported, batches=(1, 32), repeats: int = 20, seed: int = 0) -> list
             rows.append({"kind": "predictor", "exit": name, "index": k, "batch": batch,
                          "p50_ms": p50, "p95_ms": p95, "per_image_ms": p50 / batch,
                          "repeats": repeats})
-    common = {"runtime": exported.format, "device": device(),
+    common = {"runtime": exported.runtime, "device": device(),
               "versions": json.dumps(exported.manifest["versions"], sort_keys=True)}
     return [{**common, **r} for r in rows]
 

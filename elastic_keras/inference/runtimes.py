@@ -36,9 +36,9 @@ def _saved_model(path):
 def _onnx_predictor(path):
     import onnxruntime as ort
 
-    options = ort.SessionOptions()
-    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    session = ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
+    from elastic_keras.inference.segment_driver import onnx_options
+
+    session = ort.InferenceSession(path, onnx_options(), providers=["CPUExecutionProvider"])
     name = session.get_inputs()[0].name
     outputs = [o.name for o in session.get_outputs()]
 
@@ -96,6 +96,12 @@ class Exported:
             probs, classes, exits = self._cascade(images, threshold, exit_at)
             return {"probabilities": probs, "classes": classes, "exits": exits}
         return self._cascade(images=images, threshold=np.float32(threshold))
+
+    @property
+    def runtime(self) -> str:
+        """The format; for ONNX segments once run, the layout their features pass in."""
+        layout = getattr(self._cascade, "layout", None)
+        return f"{self.format} ({layout})" if layout else self.format
 
     def predictor(self, exit: str):
         """The truncated predictor of output `exit`: images -> probabilities, classes."""

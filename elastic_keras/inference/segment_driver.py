@@ -5,7 +5,8 @@ runtime (ai-edge-litert or onnxruntime) only:
     from cascade_driver import SegmentCascade
     probabilities, classes, exits = SegmentCascade("export-dir")(images, threshold)
 Each segment returns its exit's probabilities and confidence (and the features the next one
-reads); the exit rule is the in-package Cascade's (FIDELITY.md I31).
+reads); the exit rule is the in-package Cascade's (FIDELITY.md I31). With `onnx` installed too,
+ONNX features pass between segments in onnxruntime's own blocked layout (_onnx_sessions).
 """
 
 import json
@@ -14,12 +15,88 @@ import os
 import numpy as np
 
 
-def _onnx(path):
+NCHWC = "com.microsoft.nchwc"  # onnxruntime's blocked-layout operators
+
+
+def onnx_options(optimized=None):
+    """onnxruntime session options for every ONNX model of an export (segments, predictors);
+    `optimized`: where onnxruntime writes the graph it optimized."""
     import onnxruntime as ort
 
     options = ort.SessionOptions()  # idle sessions must not spin on the cores the next one needs
     options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    session = ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
+    options.log_severity_level = 3  # not the warning that an optimized graph is hardware's
+    if optimized:
+        options.optimized_model_filepath = optimized
+    return options
+
+
+def _onnx_sessions(paths, join=True):
+    """(sessions, boundaries joined) of an ONNX export's segments.
+
+    onnxruntime's CPU provider computes convolutions in a blocked layout (NCHWc): it turns a
+    segment's features back to NCHW where they leave (ReorderOutput) and to NCHWc again where
+    the next segment reads them (ReorderInput), 20-30% of a segment's time. With `onnx`
+    installed, the driver optimizes each segment here, on the machine that runs it (the block
+    is the CPU's), drops that pair of reorders at every boundary that has both, and runs the
+    optimized graphs as they are: features pass between segments in the blocked layout, batch
+    axis first, so that the survivors are still the rows kept (FIDELITY.md I31)."""
+    import onnxruntime as ort
+
+    try:
+        import onnx
+    except ImportError:
+        join = False
+    if not join:
+        return [ort.InferenceSession(p, onnx_options(), providers=["CPUExecutionProvider"])
+                for p in paths], 0
+    import tempfile
+
+    models = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for k, path in enumerate(paths):
+            saved = os.path.join(tmp, f"{k}.onnx")
+            ort.InferenceSession(path, onnx_options(saved), providers=["CPUExecutionProvider"])
+            models.append(onnx.load(saved))
+    joined = sum(_join(a.graph, b.graph, onnx.helper.get_attribute_value)
+                 for a, b in zip(models, models[1:]))
+    options = onnx_options()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL  # done above
+    return [ort.InferenceSession(m.SerializeToString(), options,
+                                 providers=["CPUExecutionProvider"]) for m in models], joined
+
+
+def _join(first, second, value) -> bool:
+    """Drop the ReorderOutput that makes `first`'s features and the ReorderInputs that read
+    `second`'s tap, where both are there and nothing else reads either side."""
+    def attr(node, name):
+        return next((value(a) for a in node.attribute if a.name == name), 0)
+
+    def blocked(node, op):
+        return node.domain == NCHWC and node.op_type == op and not attr(node, "channels_last")
+    out = [n for n in first.node if "features" in n.output]
+    reads = [n for n in second.node if "tap" in n.input]
+    if (len(out) != 1 or not blocked(out[0], "ReorderOutput") or not reads
+            or any("features" in n.input for n in first.node)
+            or not all(blocked(n, "ReorderInput") and attr(n, "channels") in (
+                0, attr(out[0], "channels")) for n in reads)):
+        return False
+    for graph, drop, old, new in [(first, [out[0]], out[0].input[0], "features")] + [
+            (second, [n], n.output[0], "tap") for n in reads]:
+        for node in drop:
+            graph.node.remove(node)
+        for node in graph.node:
+            node.input[:] = [new if v == old else v for v in node.input]
+            node.output[:] = [new if v == old else v for v in node.output]
+    for v in [*first.output, *second.input]:
+        if v.name in ("features", "tap"):  # blocked: the channels may be padded
+            v.type.tensor_type.ClearField("shape")
+    return True
+
+
+def _onnx(session):
+    import onnxruntime as ort
+
     name = session.get_inputs()[0].name
     keys = [o.name for o in session.get_outputs()]
 
@@ -56,13 +133,18 @@ def _litert(path):
 class SegmentCascade:
     """The segments of a LiteRT or ONNX export, driven as the in-package Cascade drives its own."""
 
-    def __init__(self, folder):
+    def __init__(self, folder, join_layouts=True):
         with open(os.path.join(folder, "manifest.json"), encoding="utf-8") as f:
             manifest = json.load(f)
         self.criterion = manifest["criterion"]
-        load = _onnx if manifest["format"] == "onnx" else _litert
-        self.segments = [load(os.path.join(folder, rel))
-                         for rel in manifest["artifacts"]["segments"]]
+        paths = [os.path.join(folder, rel) for rel in manifest["artifacts"]["segments"]]
+        self.layout = None  # ONNX: how many boundaries pass features in the blocked layout
+        if manifest["format"] == "onnx":
+            sessions, joined = _onnx_sessions(paths, join_layouts)
+            self.segments = [_onnx(s) for s in sessions]
+            self.layout = f"NCHWc at {joined} of {len(paths) - 1} segment boundaries"
+        else:
+            self.segments = [_litert(p) for p in paths]
 
     def __call__(self, images, threshold, exit_at=None):
         """(probabilities of the exit taken, classes, exits taken 1-based) of a batch.
