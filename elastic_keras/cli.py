@@ -5,12 +5,11 @@ sweep, end in exit status 1.
 """
 
 import argparse
-import signal
 import sys
 
 from elastic_keras import commands as C
 from elastic_keras.backend.environment import import_keras_quietly
-from elastic_keras.errors import ElasticKerasError
+from elastic_keras.errors import ElasticKerasError, Terminated, interrupts
 from elastic_keras.files import os_error_line
 
 
@@ -218,23 +217,14 @@ def _needs_network(args):
     return args.func is not C.cmd_tables or args.compute_missing
 
 
-class Terminated(KeyboardInterrupt):
-    """SIGTERM (what a cluster scheduler sends), raised where the program is, as SIGINT's
-    KeyboardInterrupt is: the same path out, state left resumable (FIDELITY.md R12)."""
-
-
-def _terminate(signum, frame):
-    raise Terminated()
-
-
 def main(argv=None):
     """Parse, run a command; bad input or an OS error: one line, exit status 2."""
     args = build_parser().parse_args(argv)
-    previous = signal.signal(signal.SIGTERM, _terminate)
     try:
-        if _needs_network(args):
-            import_keras_quietly()
-        return args.func(args)
+        with interrupts():
+            if _needs_network(args):
+                import_keras_quietly()
+            return args.func(args)
     except ElasticKerasError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -246,5 +236,3 @@ def main(argv=None):
             "interrupted", 130)
         print(f"{what}: every finished epoch is kept; the same command resumes", file=sys.stderr)
         return status
-    finally:
-        signal.signal(signal.SIGTERM, previous)

@@ -271,6 +271,24 @@ def test_a_set_that_sets_nothing_is_refused():
 # ---------------------------------------------------------------------------------------
 # 4. Signals and start-up
 
+@pytest.mark.parametrize("signum, raised", [(signal.SIGTERM, "Terminated"),
+                                            (signal.SIGINT, "KeyboardInterrupt")])
+def test_a_signal_landing_in_a_finalizer_is_not_swallowed(signum, raised):
+    """Python swallows what __del__ raises; the handler sends the signal again instead."""
+    from elastic_keras.errors import interrupts
+
+    class Dying:
+        def __del__(self):  # the signal lands here, as it did in TensorFlow's AtomicFunction
+            os.kill(os.getpid(), signum)
+            for _ in range(1000):  # bytecodes: Python runs the handler between them
+                pass
+
+    with interrupts(), pytest.raises(KeyboardInterrupt) as e:
+        Dying()
+        time.sleep(5)  # without the second signal the block ends here, nothing raised
+    assert type(e.value).__name__ == raised
+
+
 def test_sigterm_ends_a_run_like_sigint_in_one_line_and_leaves_it_resumable(tmp_path):
     config = tmp_path / "r.toml"
     config.write_text('[model]\nbackbone = "mobilenet"\n')

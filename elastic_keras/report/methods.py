@@ -11,7 +11,7 @@ from elastic_keras import files
 from elastic_keras.report.finished import Runs
 from elastic_keras.report.intervals import Interval, interval
 from elastic_keras.report.numbers import BLANK, fmt
-from elastic_keras.report.render import TITLES, _header, _md_table, _runs_section
+from elastic_keras.report.render import TITLES, md_table, runs_section, table_header
 from elastic_keras.runs.names import RunName, method_run, seed_name
 
 
@@ -72,7 +72,7 @@ def _best(found, column):
 
 def methods_markdown(rows: list[dict[str, Any]], runs: Runs) -> str:
     """One table per dataset: schemes by rows, each exit's test error and the area."""
-    lines = _header("Loss weightings compared: test error (%) of every exit and the area "
+    lines = table_header("Loss weightings compared: test error (%) of every exit and the area "
                     "under accuracy vs MACs", runs)[:4]
     if not runs.setting.is_reproduction:
         lines += [f"> **NOT a reproduction.** The `{runs.setting.folder}` setting on "
@@ -87,7 +87,7 @@ def methods_markdown(rows: list[dict[str, Any]], runs: Runs) -> str:
         lines += [f"## {TITLES.get(dataset, dataset)}", ""]
         body = [[r["label"], f"`{r['run']}`", str(r["n"])] + [_cell(r, c) for c in columns]
                 for r in part]
-        lines += _md_table(["Scheme", "run (seed 0)", "n"] + [
+        lines += md_table(["Scheme", "run (seed 0)", "n"] + [
             "area (×100)" if c == "auc" else f"{c} error" for c in columns], body) + [""]
     lines += [
         "Each cell: mean over the n finished seeds ± the half-width of its 95% Student-t "
@@ -96,7 +96,7 @@ def methods_markdown(rows: list[dict[str, Any]], runs: Runs) -> str:
         "its column, marked only where its interval overlaps no other scheme's (never with "
         "n < 2). Uniform is Table I's elastic run itself; heads only trains the first "
         "phase alone (the backbone frozen).", ""]
-    return "\n".join(lines + _runs_section(runs))
+    return "\n".join(lines + runs_section(runs))
 
 
 def _cell(row, column):

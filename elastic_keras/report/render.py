@@ -40,7 +40,8 @@ def csv_text(rows):
                           is not None else v)
 
 
-def _header(title, runs):
+def table_header(title, runs):
+    """The Markdown lines above a table: title, setting, the not-a-reproduction warning."""
     s = runs.setting
     where = os.path.join(os.fspath(runs.root), s.folder, s.data or "<dataset>")
     label = s.data or "CIFAR"
@@ -60,7 +61,8 @@ def _header(title, runs):
         "missing or unfinished; paper numbers never stand in for ours).", ""]
 
 
-def _runs_section(runs):
+def runs_section(runs):
+    """The Markdown lines below a table: the runs it lacks, and why."""
     out = [(n, s, p) for n, (s, p, _) in sorted(runs.seen.items()) if s != FINISHED]
     if not out:
         return ["All runs of this table finished.", ""]
@@ -69,9 +71,10 @@ def _runs_section(runs):
                                           for n, s, p in out] + [""]
 
 
-def _md_table(header, rows):
-    out = ["| " + " | ".join(header) + " |",
-           "|" + "|".join("---" if i == 0 else "---:" for i in range(len(header))) + "|"]
+def md_table(columns, rows):
+    """A Markdown table's lines: first column left-aligned, the others right-aligned."""
+    out = ["| " + " | ".join(columns) + " |",
+           "|" + "|".join("---" if i == 0 else "---:" for i in range(len(columns))) + "|"]
     return out + ["| " + " | ".join(r) + " |" for r in rows]
 
 
@@ -108,7 +111,7 @@ def table1_markdown(rows, like, runs):
     """Table I: one sub-table per dataset, ours / paper / Δ; the like-with-like list. Over
     seeds (FIDELITY.md G16) each of ours is a mean with its interval, and a column gives
     with − without per seed pair."""
-    lines = _header("Table I: final-exit test error (%) without and with exits", runs)
+    lines = table_header("Table I: final-exit test error (%) without and with exits", runs)
     groups = [ds for ds in tables.TABLE1_DATASETS if rows and f"{ds}_with" in rows[0]]
     seeded = bool(rows) and any(k.endswith("_n") for k in rows[0])
     used = set()
@@ -127,7 +130,7 @@ def table1_markdown(rows, like, runs):
                           _diff(r, f"{ds}_{key}", d)]
             body.append(cells + ([_number(r, f"{ds}_with_minus_without", 2, sign=True)]
                                  if seeded else []))
-        lines += _md_table(header + (["with − without"] if seeded else []), body) + [""]
+        lines += md_table(header + (["with − without"] if seeded else []), body) + [""]
     lines += [SEEDS_NOTE, ""] if seeded else []
     lines += [LEGEND[m] for m in MARKS if m in used] + ([""] if used else [])
     lines += ["Improvement = (without − with) / without, in %, from our unrounded errors (the "
@@ -139,19 +142,19 @@ def table1_markdown(rows, like, runs):
               "(sources: the authors' `elastic/accuracy.md` and stored runs, "
               "yipersevere/Elastic at 644efea; origin: `best` over epochs, one `epoch`'s "
               "value, or `not found`).", ""]
-    lines += _md_table(["Paper cell", "paper", "matching run", "exit", "origin", "ours", "Δ",
+    lines += md_table(["Paper cell", "paper", "matching run", "exit", "origin", "ours", "Δ",
                         "source"], [
         [f"{c['model']}, {TITLES[c['dataset']]}, {c['column']}", fmt(c["paper"], 2),
          f"`{c['ours_run']}`" if c["ours_run"] else BLANK, c["exit"], c["origin"],
          fmt(c["ours"], 2, BLANK), signed(c["diff"], 2),
          c["source"] + ("" if c["status"] == FINISHED else f" ({c['status']})")]
         for c in like]) + [""]
-    return "\n".join(lines + _runs_section(runs))
+    return "\n".join(lines + runs_section(runs))
 
 
 def table2_markdown(rows, runs):
     """Table II: per-exit rows, ours / paper / Δ."""
-    lines = _header("Table II: CIFAR-100 test error (%) of each exit of Elastic-DenseNet-169",
+    lines = table_header("Table II: CIFAR-100 test error (%) of each exit of Elastic-DenseNet-169",
                     runs)
     computed = any(r["counts_source"] == "computed" for r in rows)
     body = [[r["model"]] + [_number(r, c, d) + ("*" if r["counts_source"] == "computed"
@@ -162,7 +165,7 @@ def table2_markdown(rows, runs):
             + [fmt(r["conv_layers_paper"], 0, BLANK), fmt(r["params_millions_paper"], 2, BLANK),
                fmt(r["cifar100_error_pct_paper"], 2, BLANK),
                _diff(r, "cifar100_error_pct", 2)] for r in rows]
-    lines += _md_table(["Model", "conv layers", "params (M)", "test error %", "paper conv",
+    lines += md_table(["Model", "conv layers", "params (M)", "test error %", "paper conv",
                         "paper params (M)", "paper error %", "Δ error"], body) + [""]
     lines += [SEEDS_NOTE, ""] if rows and "cifar100_error_pct_n" in rows[0] else []
     lines += ["Params: everything up to and including the exit; the last elastic row counts "
@@ -171,7 +174,7 @@ def table2_markdown(rows, runs):
     if computed:
         lines += ["\\* computed from the model definition (224x224 input, 100 classes, no "
                   "training): the run is missing, so its error is blank.", ""]
-    return "\n".join(lines + _runs_section(runs))
+    return "\n".join(lines + runs_section(runs))
 
 
 def write_tables(runs_root, setting, out_dir="results", selected=None,
