@@ -82,7 +82,7 @@ def main(argv=None):
 
     tf.get_logger().setLevel("ERROR")
     from elastic_keras.backend.environment import device
-    from elastic_keras.inference.latency import measure, probe_images
+    from elastic_keras.inference.latency import measure, p50_p95, probe_images
     from elastic_keras.inference.runtimes import Exported
     from elastic_keras.inference.segment_driver import SegmentCascade
 
@@ -106,13 +106,13 @@ def main(argv=None):
         for name, (a, b, r) in med.items():
             print(f"{name:<18} {1e3 * a:>8.2f} {1e3 * b:>8.2f} {r:>7.3f}")
         graph = Exported(os.path.join(folder, "elastic-litert"), driver=False)
-        ga = _median(lambda: graph.cascade(x, 2.0))
-        print(f"litert one-graph cascade.tflite, nobody leaves: {1e3 * ga:.1f} ms "
+        ga = p50_p95(lambda: graph.cascade(x, 2.0), 5)[0]  # ms, after 2 warm-ups
+        print(f"litert one-graph cascade.tflite, nobody leaves: {ga:.1f} ms "
               f"(the driver: {1e3 * med['litert:final'][0]:.1f} ms)")
         apart = SegmentCascade(os.path.join(folder, "elastic-onnx"), join_layouts=False)
-        oa = _median(lambda: apart(x, 2.0))
+        oa = p50_p95(lambda: apart(x, 2.0), 5)[0]
         print(f"onnx driver: {found['onnx'][0].runtime}; with onnxruntime's reorders kept at "
-              f"every boundary, nobody leaves: {1e3 * oa:.1f} ms (joined: "
+              f"every boundary, nobody leaves: {oa:.1f} ms (joined: "
               f"{1e3 * med['onnx:final'][0]:.1f} ms)")
         print(f"\nlatency per exit at batch {args.batch} (p50 ms of each truncated predictor):")
         table = {fmt: {r["exit"]: r["p50_ms"] for r in measure(found[fmt][0], [args.batch], 10)
@@ -126,16 +126,6 @@ def main(argv=None):
     print(" ".join(f"{fmt}_{kind}_overhead={over[f'{fmt}:{kind}']:.3f}" for fmt in FORMATS
                    for kind in ("exit1", "final"))
           + f" litert_early_speedup={med['litert:early'][2]:.3f}")
-
-
-def _median(call, calls=5, warmups=2):
-    """Median seconds of `calls` calls after `warmups` (a fresh session plans its memory)."""
-    times = []
-    for _ in range(warmups + calls):
-        t0 = time.perf_counter()
-        call()
-        times.append(time.perf_counter() - t0)
-    return float(np.median(times[warmups:]))
 
 
 if __name__ == "__main__":

@@ -18,7 +18,7 @@ COLUMNS = ("kind", "exit", "index", "batch", "p50_ms", "p95_ms", "per_image_ms",
            "threshold", "runtime", "device", "versions", "note")
 
 
-def _times(call, repeats: int) -> tuple[float, float]:
+def p50_p95(call, repeats: int) -> tuple[float, float]:
     """p50 and p95 in ms of `call` after two warm-up calls (tracing, allocation)."""
     call()
     call()
@@ -85,7 +85,7 @@ def _path_rows(exported, batch, repeats, probes):
         if not (np.asarray(taken) == k).all():
             raise ElasticKerasError(f"latency: the batch meant to leave at {name} left at "
                                     f"{sorted(set(np.asarray(taken).tolist()))}")
-        p50, p95 = _times(lambda: exported.cascade(x, thr, exit_at=at), repeats)
+        p50, p95 = p50_p95(lambda: exported.cascade(x, thr, exit_at=at), repeats)
         rows.append({**row, "p50_ms": p50, "p95_ms": p95, "per_image_ms": p50 / batch,
                      "repeats": repeats, "threshold": "" if forced else thr,
                      "note": "no probe image leaves here: the segment driver sent the "
@@ -105,7 +105,7 @@ def measure(exported, batches=(1, 32), repeats: int = 20, seed: int = 0) -> list
         x = probe_images(exported.manifest["input"], batch, seed + 1)
         for k, name in enumerate(exported.output_names, 1):
             run = exported.predictor(name)
-            p50, p95 = _times(lambda: run(x), repeats)
+            p50, p95 = p50_p95(lambda: run(x), repeats)
             rows.append({"kind": "predictor", "exit": name, "index": k, "batch": batch,
                          "p50_ms": p50, "p95_ms": p95, "per_image_ms": p50 / batch,
                          "repeats": repeats})

@@ -81,10 +81,9 @@ def _join(first, second, value) -> bool:
             or not all(blocked(n, "ReorderInput") and attr(n, "channels") in (
                 0, attr(out[0], "channels")) for n in reads)):
         return False
-    for graph, drop, old, new in [(first, [out[0]], out[0].input[0], "features")] + [
-            (second, [n], n.output[0], "tap") for n in reads]:
-        for node in drop:
-            graph.node.remove(node)
+    for graph, dropped, old, new in [(first, out[0], out[0].input[0], "features")] + [
+            (second, n, n.output[0], "tap") for n in reads]:
+        graph.node.remove(dropped)
         for node in graph.node:
             node.input[:] = [new if v == old else v for v in node.input]
             node.output[:] = [new if v == old else v for v in node.output]

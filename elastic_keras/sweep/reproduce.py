@@ -5,8 +5,7 @@ import time
 
 from elastic_keras import files
 from elastic_keras.errors import ElasticKerasError
-from elastic_keras.runs.names import Setting
-from elastic_keras.runs.names import run_dir_for
+from elastic_keras.runs.names import Setting, run_dir_for
 from elastic_keras.runs.rundir import RunDir
 from elastic_keras.report.tables import table_runs
 from elastic_keras.sweep.cells import run_configs, select

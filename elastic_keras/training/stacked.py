@@ -23,7 +23,8 @@ def epochs_together(jobs: list, states: list, log=print) -> Iterator[tuple[int, 
     written back into each run's own network and optimizer, so each run's checkpoints,
     state, history and plateau are exactly the single-run loop's (`loop.end_epoch`).
     """
-    from elastic_keras.training.loop import TRAINED, _phase_over, _phases_done, start_phase
+    from elastic_keras.training.loop import _phase_over, _phases_done, start_phase
+    from elastic_keras.training.state import TRAINED
 
     phases, failed = list(jobs[0].cfg["phases"].items()), set()
     for index, (name, phase) in enumerate(phases):
