@@ -13,7 +13,7 @@ from elastic_keras.runs.config import load_config
 from elastic_keras.training.schedule import early_stop, new_state, plateau
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-ID = r"[MPLTABRDGIO]\d+"
+ID = r"[MPLTABRDGIOSQW]\d+"
 
 
 def _cli(*args):
