@@ -87,6 +87,8 @@ def _reproduce(sub):
     r.add_argument("--out", default="results")
     r.add_argument("--backbone", default="mobilenet",
                    help="methods: the backbone whose elastic run each scheme varies")
+    r.add_argument("--schemes", default=None,
+                   help="methods: comma-separated loss schemes to train (default: all)")
     r.add_argument("--launcher", default="local", choices=LAUNCHERS,
                    help="local: runs one after another here; ray: Ray tasks (RAY_ADDRESS)")
     r.add_argument("--gpus-per-run", type=float, default=None,
@@ -108,8 +110,6 @@ def _report(sub):
     t.add_argument("--check", type=float, default=None, metavar="TOL",
                    help="exit 1 when a test error of ours differs from the paper's by more "
                         "than TOL points")
-    t.add_argument("--seeds", type=int, default=1, metavar="N",
-                   help="read seeds 0..N-1 of each cell: mean and 95%% interval over seeds")
     t.set_defaults(func=C.cmd_tables)
     f = sub.add_parser("figure3", help="Figure 3: loss curves of the CIFAR-10 DenseNet-121 runs")
     _setting(f, profile_default=None)
@@ -133,9 +133,6 @@ def _report(sub):
                    help="x-axis: MACs, or measured ms per image from latency.csv")
     g.add_argument("--latency", default=None,
                    help="latency.csv to use (default: the one in RUN/export-*/)")
-    g.add_argument("--seeds", type=int, default=1, metavar="N",
-                   help="a run and its seeds 1..N-1: also their band over seeds and the area "
-                        "under each curve (budget-seeds.csv/png)")
     g.set_defaults(func=C.cmd_budget)
     _calibrate(sub)
     p = sub.add_parser("plot", help="loss and accuracy of every exit of a run, as a PNG")

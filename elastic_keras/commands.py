@@ -80,7 +80,7 @@ def cmd_reproduce(args):
         args.table, profile=args.profile, protocol=args.protocol, data=args.data,
         data_dir=args.data_dir, weights=args.weights, runs=args.runs, runs_root=args.runs_root,
         out_dir=args.out, extra=args.set, allow_cpu=args.allow_cpu, dry_run=args.dry_run,
-        seeds=args.seeds, backbone=args.backbone,
+        seeds=args.seeds, backbone=args.backbone, schemes=args.schemes,
         launcher=make_launcher(args.launcher, args.gpus_per_run, args.cpus_per_run,
                                args.profile, args.allow_cpu, together=args.together))
     for key, (csv_path, md_path) in written.items():
@@ -97,7 +97,7 @@ def cmd_tables(args):
     from elastic_keras.report.tables import check
 
     written, like, t2 = write_tables(args.runs_root, _last_setting(args), args.out,
-                                     compute_missing=args.compute_missing, seeds=args.seeds)
+                                     compute_missing=args.compute_missing)
     for csv_path, md_path in written.values():
         print(f"wrote {csv_path} and {md_path}")
     if args.check is None:
@@ -151,7 +151,7 @@ def cmd_budget(args):
 
     budget_path(args.path, criterion=args.criterion, n_thresholds=args.n_thresholds,
                 batch_size=args.batch_size, convention=args.macs_convention, out_dir=args.out,
-                cost=args.cost, latency=args.latency, seeds=args.seeds)
+                cost=args.cost, latency=args.latency)
     return 0
 
 

@@ -17,10 +17,10 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RUNS = "cifar10-densenet121-elastic,cifar10-densenet121-plain"
 
 
-def _reproduce(tmp, *extra, popen=False):
-    cmd = [sys.executable, "-m", "elastic_keras", "reproduce", "table1", "--profile", "smoke",
-           "--data", "synthetic", "--runs", RUNS, "--runs-root", str(tmp / "runs"),
-           "--out", str(tmp / "results"), *extra]
+def _reproduce(tmp, *extra, popen=False, table="table1", runs=RUNS):
+    cmd = [sys.executable, "-m", "elastic_keras", "reproduce", table, "--profile", "smoke",
+           "--data", "synthetic", *(["--runs", runs] if runs else []), "--runs-root",
+           str(tmp / "runs"), "--out", str(tmp / "results"), *extra]
     if popen:
         return subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     return subprocess.run(cmd, capture_output=True, text=True, timeout=900)
@@ -87,6 +87,69 @@ def test_smoke_reproduce_resumes_rewrites_identically_and_feeds_figure_and_noteb
 
     run_notebook(os.path.join(REPO, "notebooks", "loss_curves.ipynb"), run_dir=str(first),
                  timeout=300)
+    _readme_order_keeps_every_table(tmp_path)
+
+
+SMALL = ("--set", "data.train_limit=40", "--set", "data.test_limit=20")  # new cells only
+
+
+def _readme_order(tmp):
+    """The README's commands in its order (Table I, Table II, Figure 3, methods), each
+    command's output, after each step the bytes of every table written so far."""
+    steps = [
+        ("table1", lambda: _reproduce(tmp)),
+        ("table2", lambda: _reproduce(tmp, *SMALL, table="table2",
+                                      runs="cifar100-densenet121-plain")),
+        ("figure3", lambda: subprocess.run(
+            [sys.executable, "-m", "elastic_keras", "figure3", "--profile", "smoke", "--data",
+             "synthetic", "--runs-root", str(tmp / "runs"), "--out",
+             str(tmp / "results" / "smoke-synthetic-figure3.png")],
+            capture_output=True, text=True, timeout=600)),
+        ("methods", lambda: _reproduce(tmp, *SMALL, "--backbone", "densenet121", "--schemes",
+                                       "second_half", table="methods", runs=None)),
+    ]
+    for name, step in steps:
+        r = step()
+        assert r.returncode == 0, (name, r.stdout[-2000:], r.stderr[-2000:])
+        yield name, r.stdout, {p.name: p.read_bytes() for p in (tmp / "results").iterdir()}
+
+
+def _cells(csv_bytes, model="DenseNet-121"):
+    import csv
+
+    row = next(r for r in csv.DictReader(csv_bytes.decode().splitlines()) if r["model"] == model)
+    return {k: v for k, v in row.items() if v}
+
+
+def _readme_order_keeps_every_table(tmp):
+    """Issue 27: `reproduce table2` after `reproduce table1` rewrote Table I from its own
+    selection. Every table is every finished run of its setting: no later command makes one
+    smaller, and a table whose runs did not change keeps its bytes."""
+    t1 = "smoke-synthetic-table1.csv"
+    before = (tmp / "results" / t1).read_bytes()
+    seen = {}
+    for name, out, now in _readme_order(tmp):
+        for f, data in seen.items():  # a table written before, whose runs did not change
+            if not (name == "table2" and f.startswith("smoke-synthetic-table1")):
+                assert now[f] == data, (name, f)
+        seen.update(now)
+        if name == "table2":  # Table I gains the new run beside the old ones, unchanged
+            old, new = _cells(before), _cells(now[t1])
+            assert {k: new[k] for k in old if k not in ("dataset", "environment")} == {
+                k: v for k, v in old.items() if k not in ("dataset", "environment")}
+            assert "cifar100_without" in new and "cifar10_with" in new
+            assert "table1: 3 of 30 runs finished" in out and "table2: 1 of 3" in out
+        if name == "methods":
+            assert "smoke-synthetic-methods.md" in now and "second half" in now[
+                "smoke-synthetic-methods.md"].decode()
+    # The same order again: nothing trains, no byte of any table or figure changes.
+    done = {p: p.stat().st_mtime_ns for p in (tmp / "runs").rglob("results.json")}
+    assert len(done) == 5
+    for name, out, now in _readme_order(tmp):
+        assert out.count("finished already") == {"table1": 2, "table2": 1, "figure3": 0,
+                                                 "methods": 2}[name], (name, out[-1500:])
+        assert now == seen, [f for f in now if now[f] != seen.get(f)]
+    assert done == {p: p.stat().st_mtime_ns for p in (tmp / "runs").rglob("results.json")}
 
 
 def test_a_built_wheel_reproduces_a_smoke_table_from_any_folder(tmp_path):

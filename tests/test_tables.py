@@ -103,8 +103,8 @@ def _setting(profile=PROFILE, tag=TAG):
     return Setting(profile, "paper", None if tag in ("cifar10", "cifar100", None) else tag)
 
 
-def _table1(root, selected=None, tag=TAG):
-    return table1(Runs(str(root), _setting(PROFILE, tag)), selected)
+def _table1(root, tag=TAG):
+    return table1(Runs(str(root), _setting(PROFILE, tag)))
 
 
 def test_improvement_is_relative_to_without():
@@ -197,15 +197,29 @@ def test_under_the_authors_protocol_each_number_meets_the_run_that_made_it(tmp_p
     assert inc["cifar100_without_diff"] == pytest.approx(25.5 - 24.98)
 
 
-def test_the_table_of_a_selection_shows_its_runs_only(runs):
-    """Issue 11.6: the demo's table listed 24 runs of other rows as missing."""
-    rows, like = _table1(runs, ["cifar10-densenet121-elastic", "cifar10-densenet121-plain"])
-    assert [r["model"] for r in rows] == ["DenseNet-121"]
-    assert "cifar100_with" not in rows[0]  # no CIFAR-100 run selected: no CIFAR-100 group
-    assert {c["model"] for c in like} == {"DenseNet-121"}
-    runs_read = Runs(str(runs), _setting())
-    table1(runs_read, ["cifar10-densenet121-elastic"])
-    assert set(runs_read.seen) == {"cifar10-densenet121-elastic"}
+def test_a_table_is_every_finished_run_of_its_setting(runs, tmp_path):
+    """Issue 27: no selection limits what a table reports; the count says how many of its
+    runs are finished; the missing ones are listed, those not started on one line."""
+    rows, _ = _table1(runs)
+    assert len(rows) == 8 and "cifar100_with" in rows[0]
+    written, _, _ = write_tables(runs, _setting(), out_dir=tmp_path, which=("table1",),
+                                 log=(logs := []).append)
+    md = open(written["table1"][1], encoding="utf-8").read()
+    assert "This table: 8 of 30 runs finished." in md
+    assert "- `synthetic10-densenet169-elastic`: unfinished (trained)" in md
+    assert "Not started (21): `synthetic10-densenet169-plain`" in md
+    assert any(m.startswith("table1: 8 of 30 runs finished") for m in logs), logs
+
+
+def test_digits_tables_hold_the_cifar10_cells_only(tmp_path):
+    root = tmp_path / "runs"
+    make_run(root, "cifar10-mobilenet-elastic", [20.0, 20.0, 20.0, 10.0], tag="digits")
+    rows, _ = _table1(root, tag="digits")
+    assert "cifar100_with" not in rows[0] and len(rows) == 8
+    assert _row(rows, "MobileNet")["cifar10_with"] == 10.0
+    runs_read = Runs(str(root), _setting(PROFILE, "digits"))
+    table1(runs_read)
+    assert len(runs_read.seen) == 15 and not any("cifar100" in n for n in runs_read.seen)
 
 
 def test_table2_rows_per_exit(runs):

@@ -27,6 +27,12 @@ SYNTHETIC_SIZES = (1000, 200)  # generated for training (incl. validation) and t
 SYNTHETIC_SEED = 20180406  # fixed: the synthetic images never depend on the run's seed
 
 
+def serves(data: str | None, cell_dataset: str) -> bool:
+    """Whether `data` (a dataset replacing each cell's, or None) can serve a table cell of
+    `cell_dataset`: digits has 10 classes, so it serves the CIFAR-10 cells only (D7)."""
+    return not (data == "digits" and CIFAR[cell_dataset]["classes"] != 10)
+
+
 @dataclass(frozen=True, eq=False)
 class Source:
     """A dataset before its split: a training pool and a test set (or, for digits, a fixed

@@ -13,7 +13,7 @@ from elastic_keras.inference.thresholds import (BUDGET_COLUMNS, BUDGET_CSV, CERT
                                                 read_budget)
 from elastic_keras.report.plots import new_figure, save_figure
 from elastic_keras.report.intervals import interval
-from elastic_keras.runs.names import seed_name
+from elastic_keras.runs.names import seed_name, split_seed
 from elastic_keras.runs.found import find_runs, open_run
 from elastic_keras.runs.rundir import RunDir
 from elastic_keras.training.state import EVALUATED
@@ -112,19 +112,33 @@ def budget_run(run: RunDir, criterion: str = "max_prob", n_thresholds: int = 21,
     return rows
 
 
-def budget_path(path: str, log=print, seeds: int = 1, **options: Any) -> int:
-    """budget.csv/png of a finished run, or of every finished run under a folder (the
-    unfinished ones are named and skipped); seeds > 1: the run and its seeds with their band
-    (budget_seeds). Returns the number of runs done."""
-    from elastic_keras.runs.seeds import check_seeds
+def seed_runs(path: str) -> dict[int, RunDir]:
+    """{seed: run} of the finished seeds s > 0 of the run at `path` (`<path>-seed<s>`)."""
+    parent, name = os.path.split(os.path.normpath(path))
+    found = {}
+    for entry in os.listdir(parent or "."):
+        head, s = split_seed(entry)
+        run = RunDir(os.path.join(parent, entry))
+        if head == name and s > 0 and run.exists and run.finished:
+            found[s] = run
+    return dict(sorted(found.items()))
 
-    if check_seeds(seeds) > 1:
-        options.pop("latency", None)
-        return budget_seeds(path, seeds, log=log, **options)["auc"].n
+
+def budget_path(path: str, log=print, **options: Any) -> int:
+    """budget.csv/png of a finished run, or of every finished run under a folder (the
+    unfinished ones are named and skipped). A run with finished seeds (`<run>-seed<s>`) also
+    gets their band: every finished seed, whatever was trained last (budget_seeds;
+    FIDELITY.md G9). Returns the number of runs done."""
     if not os.path.isdir(path):
         raise ElasticKerasError(f"not a run directory nor a folder of runs: {path}")
     if RunDir(path).exists:
         budget_run(open_run(path), log=log, **options)
+        if seed_runs(path):
+            if options.get("cost", "macs") != "macs":
+                log("the band over seeds is drawn over MACs: run budget without --cost for it")
+                return 1
+            options.pop("latency", None)
+            return budget_seeds(path, log=log, **options)["auc"].n
         return 1
     runs = find_runs(path)
     if not runs:
@@ -151,22 +165,22 @@ def budget_rows(run: RunDir, log=print, **options: Any) -> list[dict[str, Any]]:
     return budget_run(run, log=log, **options)
 
 
-def budget_seeds(path: str, seeds: int, out_dir: str | None = None, log=print,
-                 cost: str = "macs", **options: Any) -> dict[str, Any]:
-    """A run (seed 0, `path`) and its seeds 1..seeds-1 (`<path>-seed<s>`): each one's budget,
-    their mean curve with a 95% band over seeds, and each one's normalised area under its
-    curve with the interval over seeds (budget-seeds.csv/png in `out_dir`, default the
-    folder of the runs; FIDELITY.md I11). Unfinished seeds are named and left out."""
+def budget_seeds(path: str, out_dir: str | None = None, log=print, cost: str = "macs",
+                 **options: Any) -> dict[str, Any]:
+    """A run (seed 0, `path`) and every finished seed of it (`<path>-seed<s>`): each one's
+    budget, their mean curve with a 95% band over seeds, and each one's normalised area
+    under its curve with the interval over seeds (budget-seeds.csv/png in `out_dir`, default
+    the folder of the runs; FIDELITY.md I11). An unfinished seed 0 is named and left out."""
     if cost != "macs":
-        raise ElasticKerasError("--seeds draws the band over MACs; leave --cost out")
+        raise ElasticKerasError("the band over seeds is drawn over MACs; leave --cost out")
     parent, name = os.path.split(os.path.normpath(path))
-    found = {}
-    for s in range(seeds):
-        run = RunDir(os.path.join(parent, seed_name(name, s)))
-        if run.exists and run.finished:
-            found[s] = budget_rows(run, log=log, **options)
-        else:
-            log(f"skip seed {s} ({run.dir}): not finished ({run.status})")
+    found, first = {}, RunDir(path)
+    if first.exists and first.finished:
+        found[0] = budget_rows(first, log=log, **options)
+    else:
+        log(f"skip seed 0 ({first.dir}): not finished ({first.status})")
+    for s, run in seed_runs(path).items():
+        found[s] = budget_rows(run, log=log, **options)
     if not found:
         raise ElasticKerasError(f"no finished seed of {path}; train them first")
     aucs = {s: normalised_auc(rows) for s, rows in found.items()}

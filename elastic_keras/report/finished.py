@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 
 from elastic_keras.errors import ElasticKerasError
 from elastic_keras.runs import rundir
-from elastic_keras.runs.names import RunName, Setting, seed_name
+from elastic_keras.runs.names import RunName, Setting, seed_name, split_seed
 from elastic_keras.training.state import EVALUATED, FAILED
 
 MISSING, UNFINISHED, FINISHED = "missing", "unfinished", "finished"
@@ -50,6 +50,23 @@ class Runs:
                 raise ElasticKerasError(
                     f"{path}: results.json says {key} {res[key]!r}, but the table is for "
                     f"{key} {want!r}; move the run or pass the matching options")
+
+    def finished(self, name) -> bool:
+        """Whether the run serving cell `name` (a seed's name too) is finished."""
+        return self.get(RunName.parse(name).dataset, name) is not None
+
+    def seed_count(self, cells) -> int:
+        """1 + the largest seed finished of any of `cells` (1 when none has a finished seed
+        s > 0): a table reads every finished seed on disk, whatever a command trained
+        (FIDELITY.md G9)."""
+        top = 0
+        for cell in cells:
+            folder, base = os.path.split(self.setting.run_path(self.root, RunName.parse(cell)))
+            entries = os.listdir(folder) if os.path.isdir(folder) else []
+            for s in sorted({s for head, s in map(split_seed, entries) if head == base}):
+                if s > top and self.finished(seed_name(cell, s)):
+                    top = s
+        return top + 1
 
     def seeds_of(self, dataset, name, seeds, exit_kind="final"):
         """{seed: test error} of the finished seeds 0..seeds-1 of a cell's run (seed s > 0

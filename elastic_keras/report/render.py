@@ -4,7 +4,7 @@ import os
 
 from elastic_keras import files
 from elastic_keras.report import tables
-from elastic_keras.report.finished import FINISHED, Runs
+from elastic_keras.report.finished import FINISHED, MISSING, Runs
 from elastic_keras.report.numbers import BLANK, fmt, interval, missing, signed
 from elastic_keras.errors import ElasticKerasError
 
@@ -61,14 +61,27 @@ def table_header(title, runs):
         "missing or unfinished; paper numbers never stand in for ours).", ""]
 
 
-def runs_section(runs):
-    """The Markdown lines below a table: the runs it lacks, and why."""
-    out = [(n, s, p) for n, (s, p, _) in sorted(runs.seen.items()) if s != FINISHED]
-    if not out:
-        return ["All runs of this table finished.", ""]
+def finished_count(runs, names):
+    """'k of n runs finished' of the run names `names` (the table's, every seed)."""
+    return f"{sum(runs.finished(n) for n in names)} of {len(names)} runs finished"
+
+
+def runs_section(runs, names=None):
+    """The Markdown lines below a table: how many of its runs (`names`, every seed; default
+    those read) are finished, the ones started but not available and why, and the ones not
+    started, on one line (FIDELITY.md G9)."""
+    names = sorted(runs.seen) if names is None else names
+    lines = [f"This table: {finished_count(runs, names)}."]
+    status = {n: runs.seen[n][:2] for n in names}
     # Each run by its own name (the data it saw: FIDELITY.md R7), not its cell's.
-    return ["Runs not available:", ""] + [f"- `{os.path.basename(p) or n}`: {s} (`{p}`)"
-                                          for n, s, p in out] + [""]
+    broken = [f"- `{os.path.basename(p) or n}`: {s} (`{p}`)" for n, (s, p) in status.items()
+              if s not in (FINISHED, MISSING)]
+    absent = [f"`{os.path.basename(p) or n}`" for n, (s, p) in status.items() if s == MISSING]
+    if broken:
+        lines += ["", "Runs not available:", ""] + broken
+    if absent:
+        lines += ["", f"Not started ({len(absent)}): " + ", ".join(absent) + "."]
+    return lines + [""]
 
 
 def md_table(columns, rows):
@@ -107,7 +120,7 @@ def _diff(r, col, d):
     return f"{signed(r[f'{col}_diff'], d)} ± {fmt(half, d)}{_zero(r[f'{col}_diff'], half)}"
 
 
-def table1_markdown(rows, like, runs):
+def table1_markdown(rows, like, runs, seeds=1):
     """Table I: one sub-table per dataset, ours / paper / Δ; the like-with-like list. Over
     seeds (FIDELITY.md G16) each of ours is a mean with its interval, and a column gives
     with − without per seed pair."""
@@ -149,10 +162,11 @@ def table1_markdown(rows, like, runs):
          fmt(c["ours"], 2, BLANK), signed(c["diff"], 2),
          c["source"] + ("" if c["status"] == FINISHED else f" ({c['status']})")]
         for c in like]) + [""]
-    return "\n".join(lines + runs_section(runs))
+    return "\n".join(lines + runs_section(runs, tables.seeded(
+        tables.table_cells("table1", runs.setting), seeds)))
 
 
-def table2_markdown(rows, runs):
+def table2_markdown(rows, runs, seeds=1):
     """Table II: per-exit rows, ours / paper / Δ."""
     lines = table_header("Table II: CIFAR-100 test error (%) of each exit of Elastic-DenseNet-169",
                     runs)
@@ -174,16 +188,18 @@ def table2_markdown(rows, runs):
     if computed:
         lines += ["\\* computed from the model definition (224x224 input, 100 classes, no "
                   "training): the run is missing, so its error is blank.", ""]
-    return "\n".join(lines + runs_section(runs))
+    names = tables.seeded(tables.table_cells("table2", runs.setting), seeds)
+    return "\n".join(lines + runs_section(runs, names))
 
 
-def write_tables(runs_root, setting, out_dir="results", selected=None,
-                 which=("table1", "table2"), compute_missing=False, seeds=1,
-                 log=print):
+def write_tables(runs_root, setting, out_dir="results", which=("table1", "table2"),
+                 compute_missing=False, log=print):
     """Write <out>/<prefix>table1.{csv,md} and table2.{csv,md} atomically; return
-    {key: (csv path, md path)} and the like-with-like list. Only finished runs are read;
-    `selected` (run names) limits Table I to the rows and groups that hold them. A table
-    with no finished run is not written: that is said instead (FIDELITY.md R14)."""
+    {key: (csv path, md path)}, the like-with-like list and Table II's rows. Each table is
+    every finished run of the setting, every finished seed, whatever a command trained:
+    the same runs give the same bytes, and no later command makes a table smaller
+    (FIDELITY.md G9). A table with no finished run is not written: that is said instead
+    (FIDELITY.md R14)."""
     if any(v is not None and (not v or os.sep in v) for v in (setting.profile,
                                                                setting.protocol, setting.data)):
         raise ElasticKerasError(f"profile, protocol and data must be names without "
@@ -191,16 +207,28 @@ def write_tables(runs_root, setting, out_dir="results", selected=None,
     pre, written, like, t2 = setting.prefix, {}, [], []
     if "table1" in which:
         runs = Runs(runs_root, setting)
-        rows, like = tables.table1(runs, selected, seeds)
+        seeds = runs.seed_count(tables.table_cells("table1", setting))
+        rows, like = tables.table1(runs, seeds)
         if _any_finished(runs, "table1", log):
             written["table1"] = _write(out_dir, pre + "table1", rows,
-                                       table1_markdown(rows, like, runs))
+                                       table1_markdown(rows, like, runs, seeds))
+            _log_count(log, "table1", runs, tables.seeded(
+                tables.table_cells("table1", setting), seeds), seeds)
     if "table2" in which:
         runs = Runs(runs_root, setting)
+        seeds = runs.seed_count(tables.table_cells("table2", setting))
         t2 = tables.table2(runs, compute_missing, seeds)
         if compute_missing or _any_finished(runs, "table2", log):
-            written["table2"] = _write(out_dir, pre + "table2", t2, table2_markdown(t2, runs))
+            written["table2"] = _write(out_dir, pre + "table2", t2,
+                                       table2_markdown(t2, runs, seeds))
+            _log_count(log, "table2", runs, tables.seeded(
+                tables.table_cells("table2", setting), seeds), seeds)
     return written, like, t2
+
+
+def _log_count(log, table, runs, names, seeds):
+    log(f"{table}: {finished_count(runs, names)} (every finished run of {runs.setting.folder}"
+        f"/{runs.setting.data or 'cifar'}" + (f", seeds 0-{seeds - 1})" if seeds > 1 else ")"))
 
 
 def _any_finished(runs, table, log):

@@ -75,25 +75,38 @@ def improvement_pct(without, with_):
     return 100.0 * (without - with_) / without
 
 
-def _cell(row, ds, key, runs, src, selected, seeds):
+def table_cells(table, setting):
+    """The cells of a table that the setting's data can serve (digits: the CIFAR-10 ones)."""
+    from elastic_keras.data.datasets import serves
+
+    return [n for n in table_runs(table, setting.protocol)
+            if serves(setting.data, RunName.parse(n).dataset)]
+
+
+def seeded(cells, seeds):
+    """The run names of `cells`, seeds 0..seeds-1 (seed 0: the cell's own)."""
+    return [seed_name(n, s) for n in cells for s in range(seeds)]
+
+
+def _cell(row, ds, key, runs, src, seeds):
     """Ours ({seed: error} and their interval), the paper's, their difference (like with
     like only), and the paper's marks."""
     backbone, plain = (row.baseline, True) if key == "without" else (row.backbone, False)
     name = run_name(ds, backbone, plain)
-    per_seed = runs.seeds_of(ds, name, seeds) if name in selected else {}
+    per_seed = runs.seeds_of(ds, name, seeds)
     ours = interval(per_seed.values())
     found = marks(src, name, runs.protocol)
     diff = ours.mean - src["paper"] if not UNLIKE & set(found) else math.nan
     return per_seed, ours, src["paper"], diff, found
 
 
-def _group(out, row, ds, runs, sources, printed, selected, seeds):
+def _group(out, row, ds, runs, sources, printed, seeds):
     """The columns of one dataset group of a row; with seeds > 1 also each number's 95%
     interval and n, and the improvement and with - without per seed pair (FIDELITY.md G17)."""
     errors = {}
     for key in ("without", "with"):
         errors[key], ours, theirs, diff, mark = _cell(
-            row, ds, key, runs, sources[(row.paper_model, ds, key)], selected, seeds)
+            row, ds, key, runs, sources[(row.paper_model, ds, key)], seeds)
         out.update({f"{ds}_{key}": ours.mean, f"{ds}_{key}_paper": theirs,
                     f"{ds}_{key}_diff": diff, f"{ds}_{key}_mark": mark})
         if seeds > 1:
@@ -110,36 +123,34 @@ def _group(out, row, ds, runs, sources, printed, selected, seeds):
                     gap.half, f"{ds}_with_minus_without_n": gap.n})
 
 
-def table1(runs, selected=None, seeds=1):
+def table1(runs, seeds=None):
     """Table I (paper section IV-B) from `runs` (a Runs): final-exit test error without and
-    with exits, improvement, the paper's numbers and marks; rows and dataset groups that
-    hold no `selected` run are left out (FIDELITY.md G9). With seeds > 1 each number is the
-    mean over the finished seeds with its 95% interval. Returns (rows, like-with-like
-    comparisons)."""
+    with exits, improvement, the paper's numbers and marks. Every finished run of the
+    setting (FIDELITY.md G9): every row, every dataset group the data serves, each number
+    over every finished seed (`seeds`: detected; > 1: the mean with its 95% interval); a
+    cell without a finished run is blank. Returns (rows, like-with-like comparisons)."""
     sources = {(s["model"], s["dataset"], s["column"]): s for s in paper.table1_sources()}
     printed = paper.table1()
-    selected = set(selected or table_runs("table1", runs.protocol))
-    groups = [ds for ds in TABLE1_DATASETS if any(n.startswith(ds + "-") for n in selected)]
+    cells = table_cells("table1", runs.setting)
+    seeds = seeds or runs.seed_count(cells)
+    groups = [ds for ds in TABLE1_DATASETS if any(n.startswith(ds + "-") for n in cells)]
     rows = []
     for row in table1_rows(runs.protocol):
         names = [run_name(ds, b, p) for ds in groups
                  for b, p in ((row.baseline, True), (row.backbone, False))]
-        if not set(names) & selected:
-            continue
         out = {"setting": runs.setting.folder, "dataset": runs.setting.data or "/".join(groups),
                "model": row.model, "backbone": row.backbone}
         for ds in groups:
-            _group(out, row, ds, runs, sources, printed, selected, seeds)
-        out["environment"] = runs.environments([seed_name(n, s) for n in names
-                                                for s in range(seeds)])
+            _group(out, row, ds, runs, sources, printed, seeds)
+        out["environment"] = runs.environments(seeded(names, seeds))
         rows.append(out)
     shown = {r["model"] for r in rows}
-    return rows, like_with_like(runs, selected, groups,
+    return rows, like_with_like(runs, set(cells), groups,
                                 {row.paper_model for row in TABLE1_ROWS if row.model in shown},
                                 seeds)
 
 
-def like_with_like(runs, selected, groups, models, seeds=1):
+def like_with_like(runs, cells, groups, models, seeds=1):
     """Each paper number of Table I (of the `models` shown) beside the run and exit of ours
     it was measured on (the mean over its finished seeds)."""
     found = []
@@ -147,7 +158,7 @@ def like_with_like(runs, selected, groups, models, seeds=1):
         name = source_run(src, runs.protocol)
         if src["dataset"] not in groups or src["model"] not in models:
             continue
-        if name is None or name not in selected:
+        if name is None or name not in cells:
             status, ours = ("measured at another input size" if name is None else
                             "no matching run in this table"), math.nan
         else:
@@ -160,15 +171,16 @@ def like_with_like(runs, selected, groups, models, seeds=1):
     return found
 
 
-def table2(runs, compute_missing=False, seeds=1):
+def table2(runs, compute_missing=False, seeds=None):
     """Table II (paper section IV-B): CIFAR-100 error of each Elastic-DenseNet-169 exit
     (named after its convolution layers, params up to and including it, the last row the
     whole elastic model), then plain DenseNet-169 and DenseNet-121; the paper's rows beside
     (elastic rows by depth order, plain rows by name; FIDELITY.md G10). compute_missing:
     conv layers and params of a missing run from the model definition (224 px, 100 classes;
-    FIDELITY.md G11). With seeds > 1 each error is a mean over seeds (FIDELITY.md G16)."""
+    FIDELITY.md G11). Each error over every finished seed (detected; G9, G16)."""
     from elastic_keras.model.registry import get_spec
 
+    seeds = seeds or runs.seed_count(table_cells("table2", runs.setting))
     printed = paper.table2()
     elastic_paper = [r for r in printed if r["model"].startswith("Elastic-")]
     rows = []

@@ -3,6 +3,7 @@
 import os
 
 from elastic_keras.data.cifar import CIFAR
+from elastic_keras.data.datasets import serves
 from elastic_keras.errors import ElasticKerasError
 from elastic_keras.model.registry import REGISTRY
 from elastic_keras.report.tables import table_runs
@@ -36,7 +37,7 @@ def run_configs(table, profile="paper", protocol="paper", data=None, data_dir=No
         classes = CIFAR[dataset]["classes"]
         sets = list(extra)
         if data:
-            if data == "digits" and classes != 10:
+            if not serves(data, dataset):
                 skipped.append(name)
                 continue
             sets += [f"data.dataset={data}", f"data.num_classes={classes}"]

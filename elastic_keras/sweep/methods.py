@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from elastic_keras.errors import ElasticKerasError
 from elastic_keras.runs.config import validate
 from elastic_keras.runs.names import RunName, method_run
 from elastic_keras.sweep.cells import run_configs
@@ -26,14 +27,28 @@ def method_cells(backbone: str = "mobilenet") -> list[str]:
     return [str(RunName(ds, backbone)) for ds in ("cifar10", "cifar100")]
 
 
+def select_schemes(schemes: str | list[str] | None) -> list[str]:
+    """The schemes `--schemes` names (comma-separated), in SCHEMES' order; None: all."""
+    if not schemes:
+        return list(SCHEMES)
+    wanted = [w.strip() for w in schemes.split(",")] if isinstance(schemes, str) else schemes
+    unknown = [w for w in wanted if w not in SCHEMES]
+    if unknown or not wanted:
+        raise ElasticKerasError(f"--schemes: unknown {unknown or schemes!r}; valid: "
+                                f"{', '.join(SCHEMES)}")
+    return [m for m in SCHEMES if m in wanted]
+
+
 def method_configs(profile: str = "paper", protocol: str = "paper", data: str | None = None,
                    data_dir: str | None = None, weights: str | None = None,
-                   backbone: str = "mobilenet", extra=()) -> tuple[list[dict[str, Any]],
-                                                                  list[str]]:
-    """Resolved configs of every scheme's run (seed 0), scheme by scheme, and the cells
-    skipped (digits serves the 10-class cell only)."""
+                   backbone: str = "mobilenet", extra=(), schemes=None) -> tuple[
+                       list[dict[str, Any]], list[str]]:
+    """Resolved configs of every scheme's run (seed 0), scheme by scheme (`schemes`: a
+    subset, which limits what trains, never what the methods table shows: FIDELITY.md G9),
+    and the cells skipped (digits serves the 10-class cell only)."""
     configs, skipped = [], []
-    for scheme, sets in SCHEMES.items():
+    for scheme in select_schemes(schemes):
+        sets = SCHEMES[scheme]
         more = [*extra, *(f"{k}={v}" for k, v in sets.items())]
         found, skipped = run_configs("table1", profile, protocol, data, data_dir, weights,
                                      method_cells(backbone), more)

@@ -9,30 +9,34 @@ from elastic_keras.runs.names import Setting, run_dir_for
 from elastic_keras.runs.rundir import RunDir
 from elastic_keras.report.tables import table_runs
 from elastic_keras.sweep.cells import run_configs, select
+from elastic_keras.sweep.methods import method_cells
 
 
-def table_configs(table, seeds=1, backbone="mobilenet", **options):
+def table_configs(table, seeds=1, backbone="mobilenet", schemes=None, **options):
     """Resolved configs of a table's runs, every seed (seed-major: every cell's seed 0
     first, so a sweep cut short leaves whole seeds), and the cells skipped."""
     from elastic_keras.runs.seeds import seed_configs
     from elastic_keras.sweep.methods import method_configs
 
-    configs, skipped = (method_configs(backbone=backbone, **options) if table == "methods"
-                        else run_configs(table, **options))
+    configs, skipped = (method_configs(backbone=backbone, schemes=schemes, **options)
+                        if table == "methods" else run_configs(table, **options))
     expanded = [seed_configs(cfg, seeds) for cfg in configs]
     return [e[s] for s in range(len(expanded[0]) if expanded else 0) for e in expanded], skipped
 
 
 def reproduce(table, profile="paper", protocol="paper", data=None, data_dir=None, weights=None,
               runs=None, runs_root="runs", out_dir="results", extra=(), allow_cpu=False,
-              dry_run=False, launcher=None, log=print, seeds=1, backbone="mobilenet"):
+              dry_run=False, launcher=None, log=print, seeds=1, backbone="mobilenet",
+              schemes=None):
     """Train what is not finished (resuming partial runs) with `launcher` (local: one after
-    another in this process), then write the tables once. A failing run fails alone; the
-    summary names the failures. Returns (written tables, [(name, message)] failures)."""
+    another in this process), then write the tables once. What trains is the selection
+    (`runs`, `backbone`, `schemes`, `seeds`); what the tables report is every finished run
+    of the setting (FIDELITY.md G9). A failing run fails alone; the summary names the
+    failures. Returns (written tables, [(name, message)] failures)."""
     from elastic_keras.sweep.launchers import local_launcher
 
     configs, skipped = table_configs(
-        table, seeds, backbone, profile=profile, protocol=protocol, data=data,
+        table, seeds, backbone, schemes, profile=profile, protocol=protocol, data=data,
         data_dir=data_dir, weights=weights, extra=extra,
         **({} if table == "methods" else {"runs": runs}))
     for name in skipped:
@@ -57,25 +61,27 @@ def reproduce(table, profile="paper", protocol="paper", data=None, data_dir=None
         + (f"; {len(failures)} failed: " + ", ".join(n for n, _ in failures) if failures else ""))
     for name, message in failures:
         log(f"    {name}: {message}")
-    return _write(table, setting, runs_root, out_dir, skipped, runs, protocol, seeds,
-                  backbone, log), failures
+    cells = [n for n in (method_cells(backbone) if table == "methods" else
+                         select(table, runs, protocol)) if n not in skipped]
+    return _write(table, setting, runs_root, out_dir, cells, protocol, log), failures
 
 
-def _write(table, setting, runs_root, out_dir, skipped, runs, protocol, seeds, backbone, log):
-    """The tables of the sweep, written once after every run has ended."""
-    if table == "methods":
-        from elastic_keras.report.methods import write_methods
-        from elastic_keras.sweep.methods import SCHEME_LABELS, method_cells
-
-        cells = [c for c in method_cells(backbone) if c not in skipped]
-        return {"methods": write_methods(runs_root, setting, out_dir, cells, SCHEME_LABELS,
-                                         seeds)}
+def _write(table, setting, runs_root, out_dir, cells, protocol, log):
+    """The tables of the sweep, written once after every run has ended: each table one of
+    its `cells` (those it trained) belongs to, every one computed from every finished run of
+    the setting, as `tables` writes it (FIDELITY.md G9)."""
     from elastic_keras.report.render import write_tables
 
-    cells = [n for n in select(table, runs, protocol) if n not in skipped]
-    which = [t for t in ("table1", "table2") if t == table or set(cells) & set(table_runs(t))]
-    return write_tables(runs_root, setting, out_dir, selected=cells, which=which,
-                        seeds=seeds, log=log)[0]
+    which = [t for t in ("table1", "table2")
+             if t == table or set(cells) & set(table_runs(t, protocol))]
+    written = write_tables(runs_root, setting, out_dir, which=which, log=log)[0]
+    if table == "methods":
+        from elastic_keras.report.methods import write_methods
+        from elastic_keras.sweep.methods import SCHEME_LABELS
+
+        found = write_methods(runs_root, setting, out_dir, SCHEME_LABELS, log=log)
+        written.update({"methods": found} if found else {})
+    return written
 
 
 def train_seeds(configs, runs_root="runs", allow_cpu=False, run_dir=None, log=print,
