@@ -198,10 +198,21 @@ def _serve(sub):
     p.set_defaults(func=C.cmd_predict)
 
 
+def _monitor(sub):
+    from elastic_keras.runs.monitor import ARGUMENTS, command
+
+    m = sub.add_parser("monitor", help="stream images through a calibrated source while an "
+                                       "online controller audits early answers and moves the "
+                                       "threshold when the data drift")
+    for flags, options in ARGUMENTS:
+        m.add_argument(*flags, **options)
+    m.set_defaults(func=command)
+
+
 def build_parser():
     p = argparse.ArgumentParser(prog="python -m elastic_keras", description=__doc__.split("\n")[0])
     sub = p.add_subparsers(dest="command", required=True)
-    for add in (_describe, _train, _reproduce, _report, _serve):
+    for add in (_describe, _train, _reproduce, _report, _serve, _monitor):
         add(sub)
     return p
 
