@@ -18,6 +18,7 @@ STAMP   := $(VENV)/.installed-$(BACKEND)-$(GPU)
 DEV     := $(VENV)/.installed-dev
 RAY     := $(VENV)/.installed-ray
 EXPORT  := $(VENV)/.installed-export
+SERVE   := $(VENV)/.installed-serve
 export KERAS_BACKEND := $(BACKEND)
 
 # PROFILE: paper (default), smoke or demo. PROTOCOL: paper (default) or authors (what the
@@ -45,7 +46,7 @@ SCHEMES ?=
 
 export TF_CPP_MIN_LOG_LEVEL ?= 3
 
-.PHONY: install install-ray install-export test test-all demo reproduce-table1 reproduce-table2 tables \
+.PHONY: install install-ray install-export install-serve test test-all demo reproduce-table1 reproduce-table2 tables \
         reproduce-methods \
         figure3 budget reproduce-bai-table2 bench clean
 
@@ -156,6 +157,13 @@ install-ray: $(RAY)
 $(RAY): $(STAMP)
 	$(PY) -m pip install --quiet -e ".[ray]"
 	touch $(RAY)
+
+# The HTTP server (python -m elastic_keras serve): Starlette on uvicorn, prometheus_client and
+# the export runtimes; Ray Serve for serve --ray comes with install-ray.
+install-serve: $(SERVE)
+$(SERVE): $(STAMP)
+	$(PY) -m pip install --quiet -e ".[serve]"
+	touch $(SERVE)
 
 # LiteRT, tf2onnx/onnx and onnxruntime, for `export --format litert|onnx`, `latency`, `predict`
 # (an optional extra; SavedModel export needs only TensorFlow).

@@ -198,21 +198,22 @@ def _serve(sub):
     p.set_defaults(func=C.cmd_predict)
 
 
-def _monitor(sub):
-    from elastic_keras.runs.monitor import ARGUMENTS, command
+def _as_data(sub):
+    """The commands whose arguments are data in their own module: monitor and serve."""
+    from elastic_keras.runs import monitor
+    from elastic_keras.server import main as serve
 
-    m = sub.add_parser("monitor", help="stream images through a calibrated source while an "
-                                       "online controller audits early answers and moves the "
-                                       "threshold when the data drift")
-    for flags, options in ARGUMENTS:
-        m.add_argument(*flags, **options)
-    m.set_defaults(func=command)
+    for name, module in (("monitor", monitor), ("serve", serve)):
+        m = sub.add_parser(name, help=module.HELP)
+        for flags, options in module.ARGUMENTS:
+            m.add_argument(*flags, **options)
+        m.set_defaults(func=module.command)
 
 
 def build_parser():
     p = argparse.ArgumentParser(prog="python -m elastic_keras", description=__doc__.split("\n")[0])
     sub = p.add_subparsers(dest="command", required=True)
-    for add in (_describe, _train, _reproduce, _report, _serve, _monitor):
+    for add in (_describe, _train, _reproduce, _report, _serve, _as_data):
         add(sub)
     return p
 
@@ -220,7 +221,8 @@ def build_parser():
 def _needs_network(args):
     """Whether a command builds or runs a network, so imports Keras first (FIDELITY.md R13):
     not configs, --dry-run, tables (but --compute-missing), reproduce (its launcher does)."""
-    if getattr(args, "dry_run", False) or args.func in (C.cmd_configs, C.cmd_reproduce):
+    if getattr(args, "dry_run", False) or args.func in (C.cmd_configs, C.cmd_reproduce) or (
+            args.command == "serve"):  # serve imports it only to export a run
         return False
     return args.func is not C.cmd_tables or args.compute_missing
 
@@ -242,5 +244,7 @@ def main(argv=None):
     except KeyboardInterrupt as e:
         what, status = ("terminated (SIGTERM)", 143) if isinstance(e, Terminated) else (
             "interrupted", 130)
-        print(f"{what}: every finished epoch is kept; the same command resumes", file=sys.stderr)
+        print(f"{what}: " + ("every finished epoch is kept; the same command resumes" if
+                             args.command in ("train", "reproduce") else "stopped"),
+              file=sys.stderr)
         return status

@@ -140,17 +140,18 @@ def _onnx(fn, path, nchw_in=(), nchw_out=()):
                                   outputs_as_nchw=list(nchw_out) or None)
 
 
-def _write_segments(fmt, folder, segments):
-    """One model per segment and the driver (LiteRT, ONNX; FIDELITY.md I31)."""
+def _write_segments(fmt, folder, segments, owners):
+    """One model per segment and the driver (FIDELITY.md I31; SavedModel's serve the HTTP
+    server's batches per segment, S2)."""
     os.makedirs(os.path.join(folder, "segments"))
     rels = []
-    for k, fn in enumerate(segments):
+    for k, (fn, owner) in enumerate(zip(segments, owners)):
         rels.append(os.path.join("segments", f"segment_{k + 1}{EXTENSION[fmt]}"))
         path = os.path.join(folder, rels[-1])
         if fmt == "onnx":  # features pass between segments in ONNX's own layout (NCHW)
             _onnx(fn, path, ["tap"] if k else (), ["features"] if k < len(segments) - 1 else ())
         else:
-            _litert(None, fn, path)
+            (_saved_model if fmt == "saved_model" else _litert)(owner, fn, path)
     shutil.copy(os.path.join(os.path.dirname(__file__), "segment_driver.py"),
                 os.path.join(folder, "cascade_driver.py"))
     return {"segments": rels, "driver": "cascade_driver.py"}
@@ -162,8 +163,8 @@ def _write_artifacts(model, fmt, folder, fns):
     ext, (cascade, run_cascade) = EXTENSION[fmt], fns["cascade"]
     os.makedirs(os.path.join(folder, "exits"))
     artifacts = {"predictors": {}}
-    if fmt != "saved_model":  # one model per segment plus the loop that drives them
-        artifacts.update(_write_segments(fmt, folder, fns["segments"]))
+    # one model per segment plus the loop that drives them
+    artifacts.update(_write_segments(fmt, folder, fns["segments"], cascade.segments))
     if fmt != "onnx":  # the cascade as one graph (FIDELITY.md I31)
         artifacts["cascade"] = "cascade" + ext
         write = _saved_model if fmt == "saved_model" else _litert

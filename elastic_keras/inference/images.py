@@ -27,9 +27,10 @@ def expand(paths) -> list[str]:
     return found
 
 
-def read_image(path: str, shape) -> tuple[np.ndarray, list[str]]:
-    """The image at `path` as uint8 (H, W, 3) of the network's input `shape`, and what was
-    converted (its mode, its size; FIDELITY.md I34); a bad file raises ElasticKerasError."""
+def read_image(path, shape, name=None) -> tuple[np.ndarray, list[str]]:
+    """The image at `path` (or a file object, `name` in messages) as uint8 (H, W, 3) of the
+    network's input `shape`, and what was converted (its mode, its size; FIDELITY.md I34);
+    a bad file raises ElasticKerasError."""
     from PIL import Image, UnidentifiedImageError
 
     height, width, channels = shape
@@ -47,7 +48,7 @@ def read_image(path: str, shape) -> tuple[np.ndarray, list[str]]:
                 img = img.resize((width, height), Image.Resampling.BILINEAR)
             x = np.asarray(img, dtype=np.uint8)
     except (OSError, UnidentifiedImageError, ValueError) as e:
-        raise ElasticKerasError(f"cannot read image {path}: {e}") from None
+        raise ElasticKerasError(f"cannot read image {name or path}: {e}") from None
     return x.reshape(height, width, channels), done
 
 

@@ -1,7 +1,7 @@
 """The segment driver: run an export's segments in turn; confident images leave, the rest go on.
 
-Shipped into every LiteRT and ONNX export as cascade_driver.py; needs NumPy and the format's
-runtime (ai-edge-litert or onnxruntime) only:
+Shipped into every export as cascade_driver.py; needs NumPy and the format's runtime
+(ai-edge-litert, onnxruntime, or TensorFlow for SavedModel segments) only:
     from cascade_driver import SegmentCascade
     probabilities, classes, exits = SegmentCascade("export-dir")(images, threshold)
 Each segment returns its exit's probabilities and confidence (and the features the next one
@@ -129,6 +129,20 @@ def _litert(path):
     return run
 
 
+def _saved_model(path):
+    import tensorflow as tf
+
+    fn = tf.saved_model.load(path).signatures["serving_default"]
+    (name,) = fn.structured_input_signature[1]
+
+    def run(x):
+        got = fn(**{name: tf.constant(x)})
+        features = got.get("features")
+        return (got["probabilities"].numpy(), got["confidence"].numpy(),
+                None if features is None else features.numpy)
+    return run
+
+
 class SegmentCascade:
     """The segments of a LiteRT or ONNX export, driven as the in-package Cascade drives its own."""
 
@@ -143,7 +157,8 @@ class SegmentCascade:
             self.segments = [_onnx(s) for s in sessions]
             self.layout = f"NCHWc at {joined} of {len(paths) - 1} segment boundaries"
         else:
-            self.segments = [_litert(p) for p in paths]
+            self.segments = [(_saved_model if manifest["format"] == "saved_model" else _litert)(p)
+                             for p in paths]
 
     def __call__(self, images, threshold, exit_at=None):
         """(probabilities of the exit taken, classes, exits taken 1-based) of a batch.

@@ -13,6 +13,8 @@ from elastic_keras.inference.online import POLICIES
 
 LOG_COLUMNS = ("image", "file", "threshold", "exit", "class", "audited", "final_class",
                "disagree")
+HELP = ("stream images through a calibrated source while an online controller audits early "
+        "answers and moves the threshold when the data drift")
 # The `monitor` command's arguments, as data: cli.py adds them, `command` runs them.
 ARGUMENTS = (
     (("source",), {"help": "a calibrated run directory, or an export of one"}),

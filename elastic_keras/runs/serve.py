@@ -24,7 +24,6 @@ def open_export(path, fmt: str | None = None, log=print):
     """An export folder as it is, or the export of a run/.keras in `fmt` (made when missing
     or older than the source). Returns an inference.runtimes.Exported."""
     from elastic_keras.inference.runtimes import Exported, is_export
-    from elastic_keras.runs.source import default_export_dir
 
     if is_export(path):
         found = Exported(path)
@@ -32,6 +31,8 @@ def open_export(path, fmt: str | None = None, log=print):
             raise ElasticKerasError(f"{path} is a {found.format} export, not {fmt}; export the "
                                     f"source again with --format {fmt}")
         return found
+    from elastic_keras.runs.source import default_export_dir  # imports Keras: exports only
+
     fmt = fmt or "saved_model"
     out = default_export_dir(path, fmt)
     if not is_export(out):

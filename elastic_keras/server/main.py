@@ -1,0 +1,144 @@
+"""The `serve` command: an export (or a run, exported on first use) behind the HTTP server."""
+
+from __future__ import annotations
+
+import signal
+
+from elastic_keras.errors import ElasticKerasError
+
+HELP = ("serve an export over HTTP (Open Inference Protocol): batches across requests per "
+        "segment, deadlines, online control")
+FORMATS = ("litert", "onnx", "saved_model")
+# The `serve` command's arguments, as data: cli.py adds them, `command` runs them.
+ARGUMENTS = (
+    (("source",), {"help": "an export folder, or a run directory (exported on first use)"}),
+    (("--name",), {"default": None, "help": "the model's name in URLs (default: the run's)"}),
+    # Loopback by default: no authentication (FIDELITY.md S7).
+    (("--host",), {"default": "127.0.0.1", "help": "address to bind (default: loopback "
+                   "only; the server has no authentication)"}),
+    (("--port",), {"type": int, "default": 8000}),
+    (("--format",), {"choices": FORMATS, "default": None,
+                     "help": "runtime (default: the export's own; onnx for a run)"}),
+    (("--max-batch",), {"type": int, "default": 32, "help": "rows per segment call"}),
+    (("--max-wait-ms",), {"type": float, "default": 5.0,
+                          "help": "how long a queue waits to fill a batch (default 5)"}),
+    (("--threshold",), {"type": float, "default": None, "help": "instead of the export's "
+                        "certified (else budget) threshold; turns online control off"}),
+    (("--max-queue",), {"type": int, "default": 1024, "help": "images waiting at most; "
+                        "more are refused at once with 503 (default 1024)"}),
+    (("--max-body-mb",), {"type": float, "default": 32.0, "help": "request body limit"}),
+    (("--audit",), {"type": float, "default": 0.05, "help": "share of early answers sent "
+                    "on to the final exit for online control (default 0.05; 0: off)"}),
+    (("--final-only",), {"action": "store_true", "help": "serve the final exit's predictor "
+                         "alone (the plain network), with the same batching"}),
+    (("--ray",), {"action": "store_true", "help": "serve on Ray Serve (RAY_ADDRESS or a "
+                  "local Ray) behind the same protocol"}),
+    (("--replicas",), {"type": int, "default": 2, "help": "--ray: replicas (default 2)"}),
+    (("--ray-layout",), {"choices": ("cascade", "segments"), "default": "cascade",
+                         "help": "--ray: whole-cascade replicas (default) or a deployment "
+                                 "per segment (FIDELITY.md S6)"}),
+    (("--seed",), {"type": int, "default": 0, "help": "seed of the audit coins"}),
+)
+
+
+def build(args, log=print):
+    """(served, engine, metrics, app) of the command's arguments; the engine running."""
+    from elastic_keras.inference.runtimes import is_export
+    from elastic_keras.server.app import build_app
+    from elastic_keras.server.engine import Engine
+    from elastic_keras.server.metrics import Metrics
+    from elastic_keras.server.served import open_served
+
+    _check(args)
+    if _format(args) and not is_export(args.source):  # a run: exported on first use
+        from elastic_keras.backend.environment import import_keras_quietly
+
+        import_keras_quietly()
+    served = open_served(args.source, _format(args), args.name, args.threshold,
+                         args.final_only, log=log)
+    control = control_of(served, args, log)
+    metrics = Metrics(served.exit_names, len(served.segments), args.max_batch)
+    engine = Engine(served.segments, served.classes, served.criterion, served.threshold,
+                    args.max_batch, args.max_wait_ms, args.max_queue, served.costs, control,
+                    args.seed, metrics)
+    metrics.watch(engine, served)
+    app = build_app(served, engine, metrics, int(args.max_body_mb * 2**20))
+    return served, engine, metrics, app
+
+
+def _check(args) -> None:
+    from elastic_keras.checks import check_int, check_number
+
+    if check_int("--port", args.port, 0) > 65535:
+        raise ElasticKerasError(f"--port must be at most 65535; received {args.port}")
+    check_int("--max-batch", args.max_batch, 1)
+    check_int("--max-queue", args.max_queue, 1)
+    check_int("--replicas", args.replicas, 1)
+    check_number("--max-wait-ms", args.max_wait_ms, 0, None)
+    check_number("--max-body-mb", args.max_body_mb, 0, None, low_open=True)
+    check_number("--audit", args.audit, 0, 1, high_open=False)
+
+
+def _format(args):
+    from elastic_keras.inference.runtimes import is_export
+
+    return args.format or (None if is_export(args.source) else "onnx")
+
+
+def control_of(served, args, log=print):
+    """Online control over the certified threshold (FIDELITY.md W1, S5), or None, said why."""
+    from elastic_keras.inference.online import from_calibration
+
+    why = ("--audit 0" if not args.audit else "--final-only" if args.final_only else
+           "--threshold replaces the certified threshold" if args.threshold is not None else
+           "the export has no certificate (run calibrate on the run, then export again)"
+           if served.calibration is None else None)
+    if why:
+        log(f"online control: off ({why})")
+        return None
+    control = from_calibration(served.calibration, audit_rate=args.audit)
+    log(f"online control: audit {args.audit:g} of early answers; alarm when the disagreement "
+        f"risk's bound passes epsilon {control.epsilon:g} (false alarms <= delta "
+        f"{control.delta:g}); policy {control.policy}")
+    return control
+
+
+def command(args) -> int:
+    """Serve until SIGTERM or Ctrl-C: then stop accepting, answer every request in flight,
+    exit 0."""
+    if args.ray:
+        from elastic_keras.server.ray_serve import serve_on_ray
+
+        return serve_on_ray(args)
+    import uvicorn
+
+    from elastic_keras.server.served import threshold_words
+
+    served, engine, metrics, app = build(args)
+    server = uvicorn.Server(uvicorn.Config(app, host=args.host, port=args.port,
+                                           log_level="warning", lifespan="off",
+                                           timeout_graceful_shutdown=60))
+    print(f"serving {served.name} ({served.format} export in {served.folder}) on "
+          f"http://{args.host}:{args.port}/v2/models/{served.name}: {served.exits} exits, "
+          f"threshold {threshold_words(engine.threshold)} ({served.threshold_source}); "
+          f"segment costs {served.cost_source}", flush=True)
+    if served.certificate:
+        print(f"certificate: {served.certificate}", flush=True)
+    stop = {s: signal.signal(s, lambda *_: setattr(server, "should_exit", True))
+            for s in (signal.SIGTERM, signal.SIGINT)}  # uvicorn's own while it runs
+    try:
+        server.run()
+    finally:
+        for s, handler in stop.items():
+            signal.signal(s, handler)
+        engine.close()
+    if not server.started:
+        raise ElasticKerasError(f"could not serve on {args.host}:{args.port} (in use?)")
+    print(f"stopped: every request in flight answered; {int(_answered(metrics))} answered "
+          "in all", flush=True)
+    return 0
+
+
+def _answered(metrics) -> float:
+    return sum(s.value for m in metrics.requests.collect() for s in m.samples
+               if s.name.endswith("_total") and s.labels.get("code") == "200")
