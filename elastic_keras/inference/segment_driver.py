@@ -26,6 +26,8 @@ def onnx_options(optimized=None):
     options = ort.SessionOptions()  # idle sessions must not spin on the cores the next one needs
     options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     options.log_severity_level = 3  # not the warning that an optimized graph is hardware's
+    # int8 activations (export --io int8) run as int8 kernels on x86 too (FIDELITY.md Q2)
+    options.add_session_config_entry("session.qdqisint8allowed", "1")
     if optimized:
         options.optimized_model_filepath = optimized
     return options
@@ -102,8 +104,9 @@ def _onnx(session):
     def run(x):  # features stay in onnxruntime's memory (OrtValue) on their way on
         x = x if isinstance(x, ort.OrtValue) else ort.OrtValue.ortvalue_from_numpy(x)
         got = dict(zip(keys, session.run_with_ort_values(None, {name: x})))
-        features = got.pop("features", None)
-        return got["probabilities"].numpy(), got["confidence"].numpy(), lambda: features
+        features, conf = got.pop("features", None), got.get("confidence")
+        return (got["probabilities"].numpy(), None if conf is None else conf.numpy(),
+                lambda: features)
     return run
 
 
@@ -125,7 +128,8 @@ def _litert(path):
         interpreter.invoke()
         features = (lambda: interpreter.tensor(out["features"])()) if "features" in out else None
         return (interpreter.get_tensor(out["probabilities"]),
-                interpreter.get_tensor(out["confidence"]), features)
+                interpreter.get_tensor(out["confidence"]) if "confidence" in out else None,
+                features)
     return run
 
 
@@ -144,6 +148,7 @@ class SegmentCascade:
             self.layout = f"NCHWc at {joined} of {len(paths) - 1} segment boundaries"
         else:
             self.segments = [_litert(p) for p in paths]
+        self.segments = exit_outputs(manifest, self.segments)
 
     def __call__(self, images, threshold, exit_at=None):
         """(probabilities of the exit taken, classes, exits taken 1-based) of a batch.
@@ -175,3 +180,71 @@ def _survivors(feats, leave):
     if not leave.any():
         return feats
     return np.ascontiguousarray((feats if isinstance(feats, np.ndarray) else feats.numpy())[~leave])
+
+
+# Int8 segments and the export's own temperatures (FIDELITY.md Q2, Q4): a quantized segment
+# takes and gives integers whose scale and zero point the manifest records; an exit's
+# probabilities are dequantized to float32 and scaled here, and the confidence is computed
+# from them, alike for the cascade and the predictors (runtimes.Exported).
+
+
+def dequantized(x, params):
+    """float32 values of a tensor: (q - zero_point) * scale, `params` [scale, zero_point,
+    dtype]; a float tensor (`params` None) as it is."""
+    x = np.asarray(x)
+    if not params:
+        return x.astype(np.float32, copy=False)
+    return ((x.astype(np.int32) - np.int32(params[1])) * np.float32(params[0])).astype(
+        np.float32)
+
+
+def exit_probabilities(raw, params=None, temperature=None):
+    """An exit's probabilities as served: dequantized, then softmax(log(p) / T) in float32."""
+    probs = dequantized(raw, params)
+    if temperature is None or float(temperature) == 1.0:
+        return probs
+    z = np.log(np.maximum(probs, np.float32(1e-30))) / np.float32(temperature)
+    e = np.exp(z - z.max(axis=1, keepdims=True))
+    return (e / e.sum(axis=1, keepdims=True)).astype(np.float32)
+
+
+def confidence(probs, criterion):
+    """float32 confidence of probability rows: the largest, or the entropy in nats."""
+    if criterion == "max_prob":
+        return probs.max(axis=1)
+    return -(probs * np.log(np.where(probs > 0, probs, np.float32(1)))).sum(1, dtype=np.float32)
+
+
+def _bridged(x, a, b):
+    """Features of quantization `a` as the next segment reads them (`b`; None: float).
+    With one type and zero point and scales within 1/512 (|q - zero_point| <= 255),
+    rounding would give the same integers back: they pass as they are."""
+    if a == b or (a and b and a[1:] == b[1:] and abs(a[0] / b[0] - 1) < 1 / 512):
+        return x
+    x = dequantized(x.numpy() if hasattr(x, "numpy") else x, a)
+    if not b:
+        return x
+    info = np.iinfo(b[2])
+    return np.clip(np.round(x / np.float32(b[0])) + b[1], info.min, info.max).astype(b[2])
+
+
+def exit_outputs(manifest, segments):
+    """The segment runners wrapped: inputs requantized to what the segment reads, the exit's
+    probabilities dequantized and scaled by the manifest's output temperatures, the
+    confidence computed from them (runners as they are: float and no temperatures)."""
+    quant = (manifest.get("quantization") or {}).get("tensors") or {}
+    temps = manifest.get("output_temperatures") or [None] * len(segments)
+    rels, criterion = manifest["artifacts"]["segments"], manifest["criterion"]
+    if not quant and not any(t not in (None, 1.0) for t in temps):
+        return segments
+    wrapped = []
+    for k, (run, rel, t) in enumerate(zip(segments, rels, temps)):
+        a = quant.get(rels[k - 1], {}).get("features") if k else None
+        b = quant.get(rel, {}).get("tap")
+
+        def call(x, run=run, p=quant.get(rel, {}).get("probabilities"), t=t, a=a, b=b):
+            probs, _, features = run(_bridged(x, a, b))
+            probs = exit_probabilities(probs, p, t)
+            return probs, confidence(probs, criterion), features
+        wrapped.append(call)
+    return wrapped
