@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+
 from elastic_keras.inference.quantize import BATCH
 
 
@@ -23,9 +25,15 @@ def quantize_onnx(float_path, path, data, io, heads) -> dict:
             return next(self.batches, None)
     exclude = [n.name for n in graph.node if heads(n.name) or "probabilities" in n.output] \
         if heads else []
-    quantize_static(float_path, path, Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
-                    activation_type=QuantType.QUInt8 if io == "uint8" else QuantType.QInt8,
-                    weight_type=QuantType.QInt8, nodes_to_exclude=exclude)
+    root = logging.getLogger()  # not its advice to pre-process, once per model
+    level = root.level
+    root.setLevel(logging.ERROR)
+    try:
+        quantize_static(float_path, path, Reader(), quant_format=QuantFormat.QDQ,
+                        per_channel=True, weight_type=QuantType.QInt8, nodes_to_exclude=exclude,
+                        activation_type=QuantType.QUInt8 if io == "uint8" else QuantType.QInt8)
+    finally:
+        root.setLevel(level)
     model = onnx.load(path)
     params = integer_io(model.graph)
     onnx.save(model, path)
