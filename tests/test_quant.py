@@ -156,6 +156,11 @@ def test_quantization_csv_and_manifest(exports):
     assert m["quantization"]["tensors"]["exits/final.onnx"]["probabilities"][2] == "uint8"
     fh = json.loads((root / "litert-float-heads" / "manifest.json").read_text())["quantization"]
     assert fh["float_heads"] and fh["io"]["probabilities"] == "float32"
+    assert not any(fh["tensors"].values())  # LiteRT's selective quantization: float I/O
+    fh = json.loads((root / "onnx-int8-float-heads" / "manifest.json").read_text())
+    tensors = fh["quantization"]["tensors"]
+    assert tensors["segments/segment_2.onnx"]["tap"][2] == "int8"  # integer features
+    assert not any("probabilities" in t for t in tensors.values())  # float heads
 
 
 def test_calibrate_an_export_on_its_own_outputs_then_serve_it(exports, capsys):

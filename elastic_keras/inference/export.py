@@ -207,6 +207,8 @@ def export_model(model, fmt: str, out, criterion: str = "max_prob", temperatures
         raise ElasticKerasError(f"{out} is a non-empty folder that holds no export; choose "
                                 "another --out")
     model = load(model)
+    if quantize is not None and temperatures is not None:  # the driver applies them (Q2)
+        meta, temperatures = {**(meta or {}), "output_temperatures": temperatures}, None
     fns = functions(model, criterion, temperatures)
     os.makedirs(os.path.dirname(out), exist_ok=True)
     tmp = tempfile.mkdtemp(prefix=".tmp-export-", dir=os.path.dirname(out))

@@ -8,27 +8,31 @@ from elastic_keras.inference.quantize import BATCH
 
 
 def quantize_onnx(float_path, path, data, io, heads) -> dict:
-    """quantize_static, QDQ, per channel, activations of --io's type; the heads' nodes
-    excluded with float heads. Then the graph's tap input and its features and probabilities
-    outputs are made the integer tensors themselves (integer_io)."""
+    """quantize_static, QDQ, per channel, activations of --io's type, after onnxruntime's
+    basic optimizations (batch normalisation and padding folded into the convolutions, so
+    neither stays a float operator between integer ones); the heads' nodes excluded with
+    float heads. Then the graph's tap input and its features and probabilities outputs are
+    made the integer tensors themselves (integer_io)."""
     import onnx
     from onnxruntime.quantization import (CalibrationDataReader, QuantFormat, QuantType,
                                           quantize_static)
+    from onnxruntime.quantization.shape_inference import quant_pre_process
 
-    graph = onnx.load(float_path).graph
-    name = graph.input[0].name
-
-    class Reader(CalibrationDataReader):
-        batches = iter([{name: data[i:i + BATCH]} for i in range(0, len(data), BATCH)])
-
-        def get_next(self):
-            return next(self.batches, None)
-    exclude = [n.name for n in graph.node if heads(n.name) or "probabilities" in n.output] \
-        if heads else []
-    root = logging.getLogger()  # not its advice to pre-process, once per model
+    root = logging.getLogger()  # onnxruntime's quantizer logs its advice for every model
     level = root.level
     root.setLevel(logging.ERROR)
     try:
+        quant_pre_process(float_path, float_path, skip_symbolic_shape=True)
+        graph = onnx.load(float_path).graph
+        name = graph.input[0].name
+
+        class Reader(CalibrationDataReader):
+            batches = iter([{name: data[i:i + BATCH]} for i in range(0, len(data), BATCH)])
+
+            def get_next(self):
+                return next(self.batches, None)
+        exclude = [n.name for n in graph.node if heads(n.name) or "probabilities" in n.output] \
+            if heads else []
         quantize_static(float_path, path, Reader(), quant_format=QuantFormat.QDQ,
                         per_channel=True, weight_type=QuantType.QInt8, nodes_to_exclude=exclude,
                         activation_type=QuantType.QUInt8 if io == "uint8" else QuantType.QInt8)

@@ -137,7 +137,7 @@ def _segment_inputs(segments, images):
 
 def _head_matcher(model):
     """Whether a tensor or node name belongs to an exit's head: one of its path components
-    is a head layer's name (Keras may append _N)."""
+    is a head layer's name (Keras may append _N); --float-heads (FIDELITY.md Q5)."""
     from elastic_keras.model.exits import head_layers
 
     pattern = re.compile("(?:" + "|".join(map(re.escape, sorted(head_layers(model))))

@@ -28,11 +28,13 @@ def source_run(manifest, folder):
     return open_run(source["path"])
 
 
-def export_outputs(exported, x) -> list[np.ndarray]:
+def export_outputs(folder, x) -> list[np.ndarray]:
     """Every exit's probabilities on `x` through the export's own predictors, as its
-    artifacts give them (dequantized; without temperatures an earlier calibrate set)."""
+    artifacts give them (dequantized; without the temperatures the driver applies)."""
+    from elastic_keras.inference.runtimes import Exported
     from elastic_keras.runs.quantized import exported_outputs
 
+    exported = Exported(folder)
     exported.manifest = {**exported.manifest, "output_temperatures": None}
     return exported_outputs(exported, x)
 
@@ -64,7 +66,7 @@ def calibrate_export(folder, epsilon=0.02, delta=0.1, risk="drop", method="ltt",
     run = source_run(manifest, folder)
     data = load_data(run.config["data"])
     labels = np.asarray(data.y_val).reshape(-1)
-    probs = export_outputs(exported, data.x_val)
+    probs = export_outputs(folder, data.x_val)
     macs = [e["path_macs"] for e in manifest["exits"]]
     own = os.path.join(exported.folder, LATENCY_CSV)
     ms = path_ms(None, latency or own, names, needed=max_ms is not None)

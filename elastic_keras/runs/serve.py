@@ -29,8 +29,7 @@ def export_source(path, fmt: str, out=None, log=print, quantize: dict | None = N
     out = out or default_export_dir(path, f"{fmt}-int8")
     plan, finish = prepare(src, fmt, **quantize)
     export_model(src.model, fmt, out, criterion=src.criterion, log=log, quantize=plan,
-                 meta={**src.meta, "output_temperatures": src.meta.get("temperatures")},
-                 finish=finish)
+                 temperatures=src.meta.get("temperatures"), meta=src.meta, finish=finish)
     for line in summary(out):
         log(line)
     return out
