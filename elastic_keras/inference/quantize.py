@@ -171,13 +171,16 @@ def _litert_convert(data, plan, heads):
     def convert(converter):
         import tensorflow as tf
 
+        from elastic_keras.backend.environment import _stderr_silenced
+
         converter.optimizations = [tf.lite.Optimize.DEFAULT]
         converter.representative_dataset = lambda: ([data[i:i + 1]] for i in range(len(data)))
-        if heads is None:
+        with _stderr_silenced():  # the quantizer's C++ writes a line per model there
+            if heads is not None:
+                return _denylisted(converter, data, heads)
             converter.inference_input_type = getattr(tf, plan.io)
             converter.inference_output_type = getattr(tf, plan.io)
             return converter.convert()
-        return _denylisted(converter, data, heads)
     return convert
 
 
