@@ -174,13 +174,16 @@ def _calibrate(sub):
 
 
 def _serve(sub):
+    from elastic_keras.runs.quantized import ARGUMENTS as QUANTIZE
+
     formats = ("saved_model", "litert", "onnx")
     x = sub.add_parser("export", help="the cascade that exits early per image, one predictor "
                                       "per exit and manifest.json, for a runtime")
     x.add_argument("source", help="a run directory (its best checkpoint) or a .keras file")
     x.add_argument("--format", choices=formats, default="saved_model")
     x.add_argument("--out", default=None, help="default: RUN/export-FORMAT (-int8 quantized)")
-    _quantize(x)
+    for flags, options in QUANTIZE:
+        x.add_argument(*flags, **options)
     x.set_defaults(func=C.cmd_export)
     lat = sub.add_parser("latency", help="p50/p95 latency of every exit's path and predictor "
                                          "in an export's runtime: latency.csv")
@@ -200,17 +203,6 @@ def _serve(sub):
                    help="export a run first and predict in this runtime")
     p.add_argument("--format", choices=("text", "json"), default="text")
     p.set_defaults(func=C.cmd_predict)
-
-
-def _quantize(x):
-    x.add_argument("--quantize", choices=("int8",), default=None,
-                   help="int8 (litert, onnx); also writes quantization.csv, float against int8")
-    x.add_argument("--calibration-images", type=int, metavar="N",
-                   help="training images that set the int8 ranges (default 300)")
-    x.add_argument("--calibration-data", default=None, metavar="PATH",
-                   help="or a folder of PNG/JPEG or an .npz ('x', 'y'); needed for a .keras")
-    x.add_argument("--io", choices=("uint8", "int8"), help="int8 I/O type (default uint8)")
-    x.add_argument("--float-heads", action="store_true", help="the exits' heads stay float")
 
 
 def build_parser():

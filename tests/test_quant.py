@@ -1,4 +1,4 @@
-"""Int8 exports: the int8 cascade is its own int8 predictors, quantization.csv, calibrate EXPORT_DIR."""
+"""Int8 exports: the cascade is its own predictors; quantization.csv; calibrate EXPORT_DIR."""
 
 import csv
 import json

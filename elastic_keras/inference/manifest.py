@@ -47,8 +47,8 @@ def threshold_in_force(manifest) -> dict:
     """The threshold an export serves at and what vouches for it (predict, latency, serve):
     {"threshold": float or None (None: every image to the final exit), "certificate": its
     text or None, "own": certified on this export's own outputs (`calibrate EXPORT_DIR`),
-    "says": what vouches for it, in words, "line": the threshold and that, one line}. `manifest`: an export's manifest.json content or its folder
-    (FIDELITY.md Q4)."""
+    "says": what vouches for it, in words, "line": the threshold and that, in one line}.
+    `manifest`: an export's manifest.json content, or its folder (FIDELITY.md Q4)."""
     import os
 
     from elastic_keras import files
@@ -59,7 +59,8 @@ def threshold_in_force(manifest) -> dict:
     text, own = cert.get("text"), manifest.get("certified_on") == "export"
     int8 = bool(manifest.get("quantization"))
     if own:
-        says = f"this export's own certificate (calibrate EXPORT_DIR, on its own outputs): {text}"
+        says = ("this export's own certificate (calibrate EXPORT_DIR, on its own outputs): "
+                + str(text))
     elif text and int8:
         says = ("certified on the float network's outputs, not on this int8 export's "
                 "(calibrate EXPORT_DIR certifies the export itself)")

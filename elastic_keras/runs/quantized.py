@@ -8,13 +8,23 @@ import numpy as np
 
 from elastic_keras import files
 from elastic_keras.errors import ElasticKerasError
-from elastic_keras.inference.quantize import CALIBRATION_IMAGES, Plan, check_plan
+from elastic_keras.inference.quantize import CALIBRATION_IMAGES, IO_TYPES, Plan, check_plan
 
 QUANTIZATION_CSV = "quantization.csv"
 COLUMNS = ("exit", "images", "n", "float_accuracy", "int8_accuracy", "accuracy_drop_pts",
            "agreement", "ece_float", "ece_int8", "mean_confidence_shift", "threshold",
            "exit_change_share")
 SEED = 0  # which training images calibrate: a seeded draw, recorded by its hash
+ARGUMENTS = (  # export's int8 options, as cli.py adds them
+    (("--quantize",), dict(choices=("int8",), help="int8 (litert, onnx); also writes "
+                           "quantization.csv, float against int8")),
+    (("--calibration-images",), dict(type=int, metavar="N", help="training images that set "
+                                     f"the int8 ranges (default {CALIBRATION_IMAGES})")),
+    (("--calibration-data",), dict(metavar="PATH", help="or a folder of PNG/JPEG or an .npz "
+                                   "('x', optional 'y'); needed for a .keras file")),
+    (("--io",), dict(choices=IO_TYPES, help="integer type of the int8 artifacts' inputs and "
+                     "outputs (default: the runtime's own, int8 LiteRT, uint8 onnxruntime)")),
+    (("--float-heads",), dict(action="store_true", help="the exits' heads stay float")))
 
 
 def quantize_options(args) -> dict | None:

@@ -1,4 +1,4 @@
-"""Certify the artifact that is served: calibrate an export on its own outputs (calibrate EXPORT_DIR)."""
+"""Certify the artifact that is served: an export calibrated on its own outputs."""
 
 from __future__ import annotations
 
