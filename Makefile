@@ -107,6 +107,7 @@ bench: $(STAMP) $(CAL) $(EXPORT)
 	$(PY) scripts/bench_resume.py
 	$(PY) scripts/bench_guarantee.py
 	$(PY) scripts/bench_export.py
+	$(PY) scripts/bench_quant.py
 	$(PY) scripts/bench_faults.py
 	$(PY) scripts/bench_drift.py
 

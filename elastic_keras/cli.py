@@ -8,6 +8,7 @@ import argparse
 import sys
 
 from elastic_keras import commands as C
+from elastic_keras.cli_serving import add_serving
 from elastic_keras.backend.environment import import_keras_quietly
 from elastic_keras.errors import ElasticKerasError, Terminated, interrupts
 from elastic_keras.files import os_error_line
@@ -144,7 +145,7 @@ def _report(sub):
 def _calibrate(sub):
     c = sub.add_parser("calibrate", help="per-exit temperatures and the cheapest early-exit "
                                          "threshold whose risk is certified (calibration.json)")
-    c.add_argument("source", help="a finished run directory")
+    c.add_argument("source", help="a finished run directory, or an export (on its own outputs)")
     c.add_argument("--epsilon", type=float, default=0.02, help="risk level (default 0.02)")
     c.add_argument("--delta", type=float, default=0.1,
                    help="ltt/ucb: the guarantee fails with probability at most delta")
@@ -170,59 +171,19 @@ def _calibrate(sub):
     c.set_defaults(func=C.cmd_calibrate)
 
 
-def _serve(sub):
-    formats = ("saved_model", "litert", "onnx")
-    x = sub.add_parser("export", help="the cascade that exits early per image, one predictor "
-                                      "per exit and manifest.json, for a runtime")
-    x.add_argument("source", help="a run directory (its best checkpoint) or a .keras file")
-    x.add_argument("--format", choices=formats, default="saved_model")
-    x.add_argument("--out", default=None, help="default: RUN/export-FORMAT")
-    x.set_defaults(func=C.cmd_export)
-    lat = sub.add_parser("latency", help="p50/p95 latency of every exit's path and predictor "
-                                         "in an export's runtime: latency.csv")
-    lat.add_argument("source", help="an export folder, or a run/.keras (exported first)")
-    lat.add_argument("--format", choices=formats, default=None,
-                     help="default: the export's own; saved_model for a run")
-    lat.add_argument("--batch", default="1,32", help="comma-separated batch sizes")
-    lat.add_argument("--repeats", type=int, default=20)
-    lat.set_defaults(func=C.cmd_latency)
-    p = sub.add_parser("predict", help="classify PNG/JPEG files or folders through an export "
-                                       "or a run")
-    p.add_argument("source", help="an export folder, a run directory or a .keras file")
-    p.add_argument("images", nargs="+")
-    p.add_argument("--threshold", type=float, default=None,
-                   help="default: the threshold the run's calibration or budget chose")
-    p.add_argument("--runtime", choices=formats, default=None, dest="runtime",
-                   help="export a run first and predict in this runtime")
-    p.add_argument("--format", choices=("text", "json"), default="text")
-    p.set_defaults(func=C.cmd_predict)
-
-
-def _as_data(sub):
-    """The commands whose arguments are data in their own module: monitor and serve."""
-    from elastic_keras.runs import monitor
-    from elastic_keras.server import main as serve
-
-    for name, module in (("monitor", monitor), ("serve", serve)):
-        m = sub.add_parser(name, help=module.HELP)
-        for flags, options in module.ARGUMENTS:
-            m.add_argument(*flags, **options)
-        m.set_defaults(func=module.command)
-
-
 def build_parser():
     p = argparse.ArgumentParser(prog="python -m elastic_keras", description=__doc__.split("\n")[0])
     sub = p.add_subparsers(dest="command", required=True)
-    for add in (_describe, _train, _reproduce, _report, _serve, _as_data):
+    for add in (_describe, _train, _reproduce, _report, add_serving):
         add(sub)
     return p
 
 
 def _needs_network(args):
     """Whether a command builds or runs a network, so imports Keras first (FIDELITY.md R13):
-    not configs, --dry-run, tables (but --compute-missing), reproduce (its launcher does)."""
-    if getattr(args, "dry_run", False) or args.func in (C.cmd_configs, C.cmd_reproduce) or (
-            args.command == "serve"):  # serve imports it only to export a run
+    not configs, --dry-run, tables (but --compute-missing), reproduce (its launcher does),
+    serve (only to export a run)."""
+    if getattr(args, "dry_run", False) or args.command in ("configs", "reproduce", "serve"):
         return False
     return args.func is not C.cmd_tables or args.compute_missing
 
@@ -245,6 +206,5 @@ def main(argv=None):
         what, status = ("terminated (SIGTERM)", 143) if isinstance(e, Terminated) else (
             "interrupted", 130)
         print(f"{what}: " + ("every finished epoch is kept; the same command resumes" if
-                             args.command in ("train", "reproduce") else "stopped"),
-              file=sys.stderr)
+                             args.command in ("train", "reproduce") else "stopped"), file=sys.stderr)
         return status

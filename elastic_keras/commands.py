@@ -156,32 +156,30 @@ def cmd_budget(args):
 
 
 def cmd_calibrate(args):
-    """Temperatures per exit and a certified threshold for a finished run."""
+    """Temperatures per exit and a certified threshold for a finished run, or for an export
+    on its own outputs (written into the export)."""
     from elastic_keras.inference.calibration import CALIBRATION_JSON
+    from elastic_keras.inference.runtimes import is_export
     from elastic_keras.report.reliability import write_reliability
-    from elastic_keras.runs.calibrate import CALIBRATION_CSV, RELIABILITY_PNG, calibrate_run
+    from elastic_keras.runs import calibrate as c
     from elastic_keras.runs.found import open_run
+    from elastic_keras.runs.recertify import calibrate_export
 
-    run = open_run(args.source)
-    out = calibrate_run(run, epsilon=args.epsilon, delta=args.delta, risk=args.risk,
-                        method=args.method, max_macs=args.max_macs, max_ms=args.max_ms,
-                        seed=args.seed, fit_fraction=args.fit_fraction, latency=args.latency)
-    name = os.path.basename(os.path.normpath(run.dir))
-    write_reliability(run.output(RELIABILITY_PNG), out["reliability"],
+    ask = dict(epsilon=args.epsilon, delta=args.delta, risk=args.risk, method=args.method,
+               max_macs=args.max_macs, max_ms=args.max_ms, seed=args.seed,
+               fit_fraction=args.fit_fraction, latency=args.latency)
+    if is_export(args.source):
+        out, folder = calibrate_export(args.source, **ask), args.source
+    else:
+        run = open_run(args.source)
+        out, folder = c.calibrate_run(run, **ask), run.dir
+    name = os.path.basename(os.path.normpath(folder))
+    write_reliability(os.path.join(folder, c.RELIABILITY_PNG), out["reliability"],
                       f"{name}: reliability per exit (calibration part of validation)")
-    temps = ", ".join(f"{t:.2f}" for t in out["temperatures"])
-    thr = out["threshold"]
-    print(f"temperatures (exit_1 .. final): {temps}")
-    print(f"threshold: {'none (final exit only)' if thr is None else f'{thr:.6g}'} "
-          f"(max softmax after temperature scaling)")
-    print(f"certificate: {out['certificate']['text']}")
-    saved = f"MACs saved on the calibration split: {100 * out['macs']['saved_fraction']:.1f}% " \
-            f"({out['macs']['mean']:.4g} per image against {out['macs']['final']:.4g})"
-    if out["ms"]:
-        saved += f"; {out['ms']['mean']:.3g} ms per image against {out['ms']['final']:.3g}"
-    print(saved)
-    print(f"wrote {run.output(CALIBRATION_JSON)}, {run.output(CALIBRATION_CSV)}, "
-          f"{run.output(RELIABILITY_PNG)}")
+    print("\n".join(c.summary(out)))
+    print("wrote " + ", ".join(os.path.join(folder, f) for f in (
+        CALIBRATION_JSON, c.CALIBRATION_CSV, c.RELIABILITY_PNG))
+        + (" and the export's manifest.json" if is_export(args.source) else ""))
     return 0
 
 
@@ -196,9 +194,10 @@ def cmd_plot(args):
 
 def cmd_export(args):
     """Export a run or .keras file: cascade, one predictor per exit, manifest.json."""
+    from elastic_keras.runs.quantized import quantize_options
     from elastic_keras.runs.serve import export_source
 
-    export_source(args.source, args.format, args.out)
+    export_source(args.source, args.format, args.out, quantize=quantize_options(args))
     return 0
 
 
@@ -215,6 +214,7 @@ def cmd_latency(args):
         raise ElasticKerasError(f"--batch must be positive integers like 1,32 and --repeats "
                                 f"positive, got {args.batch!r} and {args.repeats}")
     exported = open_export(args.source, args.format)
+    print(exported.in_force()["line"])
     rows = measure(exported, batches, args.repeats)
     for r in rows:
         ms = f"p50 {r['p50_ms']:.2f} ms, p95 {r['p95_ms']:.2f} ms" if r.get("p50_ms") else \
@@ -232,7 +232,7 @@ def cmd_predict(args):
     run, shape, meta = cascade_runner(args.source, args.runtime)
     threshold = args.threshold if args.threshold is not None else meta["threshold"]
     chosen = ("from --threshold" if args.threshold is not None else
-              "chosen by the source's calibration or budget")
+              meta.get("chosen") or "chosen by the source's calibration or budget")
     if threshold is None:  # no early exit without a chosen threshold (FIDELITY.md I34)
         threshold = 2.0 if meta["criterion"] == "max_prob" else -1.0
         chosen = ("none was chosen (no budget or calibration), so every image goes to the "

@@ -5,6 +5,8 @@ import re
 import subprocess
 import sys
 
+import pytest
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
@@ -65,3 +67,16 @@ def test_bench_export_runs_small_in_every_runtime_and_prints_its_last_line():
         "litert_final_overhead", "onnx_exit1_overhead", "onnx_final_overhead",
         "litert_early_speedup")), last), last
     assert "latency per exit at batch 4" in out.stdout
+
+
+@pytest.mark.slow
+def test_bench_quant_runs_small_and_prints_its_last_line(tmp_path):
+    # A tiny pass: MobileNet at 32 px, one round, no demo run (accuracy and certificate na).
+    out = subprocess.run([sys.executable, os.path.join(REPO, "scripts", "bench_quant.py"),
+                          "--size", "32", "--rounds", "1", "--no-float-heads", "--run",
+                          str(tmp_path / "no-run")], capture_output=True, text=True, timeout=900)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert re.fullmatch(r"litert_int8_speedup_final=\d+\.\d{3} onnx_int8_speedup_final=\d+\.\d{3}"
+                        r" max_exit_acc_drop_pts=na exit_change_share=na int8_violation_rate=na "
+                        r"delta=0\.1", out.stdout.strip().splitlines()[-1])
+    assert "no finished run at" in out.stdout

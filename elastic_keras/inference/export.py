@@ -107,10 +107,11 @@ def _saved_model(owner, fn, path):
     tf.saved_model.save(module, path, signatures={"serving_default": fn.get_concrete_function()})
 
 
-def _litert(owner, fn, path):
+def _litert(owner, fn, path, convert=None):
     """LiteRT flatbuffer of `fn` with a named signature: the function is frozen first (the
     variables read inside the cascade's branches are otherwise left uninitialised), then
-    saved and converted (FIDELITY.md I31)."""
+    saved and converted (FIDELITY.md I31); `convert(converter)` -> bytes: another conversion
+    (quantize.py's)."""
     import tensorflow as tf
     from tensorflow.python.framework.convert_to_constants import (
         convert_variables_to_constants_v2)
@@ -125,7 +126,8 @@ def _litert(owner, fn, path):
     saved = path + ".saved_model"
     _saved_model(None, module.serve, saved)
     try:
-        data = tf.lite.TFLiteConverter.from_saved_model(saved).convert()
+        converter = tf.lite.TFLiteConverter.from_saved_model(saved)
+        data = convert(converter) if convert else converter.convert()
     finally:
         shutil.rmtree(saved, ignore_errors=True)
     with open(path, "wb") as f:
@@ -152,9 +154,14 @@ def _write_segments(fmt, folder, segments, owners):
             _onnx(fn, path, ["tap"] if k else (), ["features"] if k < len(segments) - 1 else ())
         else:
             (_saved_model if fmt == "saved_model" else _litert)(owner, fn, path)
+    return {"segments": rels, **ship_driver(folder)}
+
+
+def ship_driver(folder) -> dict:
+    """Copy the segment driver into an export as cascade_driver.py."""
     shutil.copy(os.path.join(os.path.dirname(__file__), "segment_driver.py"),
                 os.path.join(folder, "cascade_driver.py"))
-    return {"segments": rels, "driver": "cascade_driver.py"}
+    return {"driver": "cascade_driver.py"}
 
 
 def _write_artifacts(model, fmt, folder, fns):
@@ -181,12 +188,14 @@ def _write_artifacts(model, fmt, folder, fns):
 
 
 def export_model(model, fmt: str, out, criterion: str = "max_prob", temperatures=None,
-                 meta: dict | None = None, log=print) -> dict:
+                 meta: dict | None = None, log=print, quantize=None, finish=None) -> dict:
     """Export `model` (an elastic model or a .keras path) in `fmt` into folder `out`.
 
     Written into a temporary folder beside `out`, then moved into place: a failed export
     leaves nothing half-written; an existing export in `out` is replaced, any other
     non-empty folder refused. Returns the manifest (also written as out/manifest.json).
+    quantize: a quantize.Plan (int8 segments and predictors); finish(folder, manifest):
+    called on the written export before it moves into place (quantization.csv).
     """
     from elastic_keras.inference.manifest import build_manifest
     from elastic_keras.inference.predictors import check_criterion, load
@@ -199,19 +208,29 @@ def export_model(model, fmt: str, out, criterion: str = "max_prob", temperatures
         raise ElasticKerasError(f"{out} is a non-empty folder that holds no export; choose "
                                 "another --out")
     model = load(model)
+    if quantize is not None and temperatures is not None:  # the driver applies them (Q2)
+        meta, temperatures = {**(meta or {}), "output_temperatures": temperatures}, None
     fns = functions(model, criterion, temperatures)
     os.makedirs(os.path.dirname(out), exist_ok=True)
     tmp = tempfile.mkdtemp(prefix=".tmp-export-", dir=os.path.dirname(out))
     try:
-        artifacts = _write_artifacts(model, fmt, tmp, fns)
+        if quantize is None:
+            artifacts = _write_artifacts(model, fmt, tmp, fns)
+        else:  # int8 segments and predictors (FIDELITY.md Q1)
+            from elastic_keras.inference.quantize import write_quantized
+
+            artifacts = write_quantized(model, fmt, tmp, fns, quantize)
+            meta = {**(meta or {}), "quantization": quantize.record(model)}
         manifest = build_manifest(model, fmt, criterion, fns["temperatures"],
                                   input_spec(model), artifacts, meta or {})
         files.write_json(os.path.join(tmp, MANIFEST), manifest)
+        if finish is not None:
+            finish(tmp, manifest)
         if os.path.isdir(out):
             shutil.rmtree(out)
         os.replace(tmp, out)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    log(f"exported {model.name} ({fmt}) to {out}: the cascade and {len(model.outputs)} "
-        "truncated predictors")
+    log(f"exported {model.name} ({fmt}{', ' + quantize.words if quantize else ''}) to {out}: "
+        f"the cascade and {len(model.outputs)} truncated predictors")
     return manifest

@@ -33,9 +33,43 @@ def build_manifest(model, fmt, criterion, temperatures, spec, artifacts, meta) -
         "classes": classes, "class_names": list(names) if names else None,
         "input": spec, "criterion": criterion, "temperatures": temperatures,
         "threshold": meta.get("threshold"), "thresholds": meta.get("thresholds", {}),
-        "certificate": meta.get("certificate"),
+        "certificate": meta.get("certificate"), "certified_on": meta.get("certified_on"),
+        "quantization": meta.get("quantization"),
+        "output_temperatures": meta.get("output_temperatures"),
         "outputs": {"probabilities": "softmax of the exit taken (N, C)",
                     "classes": "argmax of those (N,)", "exits": "exit taken, 1-based (N,)"},
         "artifacts": artifacts, "source": meta.get("source"),
         "config_hash": meta.get("config_hash"), "versions": library_versions(fmt),
     }
+
+
+def threshold_in_force(manifest) -> dict:
+    """The threshold an export serves at and what vouches for it (predict, latency, serve):
+    {"threshold": float or None (None: every image to the final exit), "certificate": its
+    text or None, "own": certified on this export's own outputs (`calibrate EXPORT_DIR`),
+    "says": what vouches for it, in words, "line": the threshold and that, in one line}.
+    `manifest`: an export's manifest.json content, or its folder (FIDELITY.md Q4)."""
+    import os
+
+    from elastic_keras import files
+
+    if not isinstance(manifest, dict):
+        manifest = files.read_json(os.path.join(os.fspath(manifest), "manifest.json"))
+    threshold, cert = manifest.get("threshold"), manifest.get("certificate") or {}
+    text, own = cert.get("text"), manifest.get("certified_on") == "export"
+    int8 = bool(manifest.get("quantization"))
+    if own:
+        says = ("this export's own certificate (calibrate EXPORT_DIR, on its own outputs): "
+                + str(text))
+    elif text and int8:
+        says = ("certified on the float network's outputs, not on this int8 export's "
+                "(calibrate EXPORT_DIR certifies the export itself)")
+    elif text:
+        says = f"the source run's certificate: {text}"
+    elif threshold is None:
+        says = "no threshold was chosen: every image goes to the final exit"
+    else:
+        says = "the source run's budget pick (not certified)"
+    shown = "none" if threshold is None else f"{threshold:g}"
+    return {"threshold": threshold, "certificate": text, "own": own, "says": says,
+            "line": f"threshold {shown}: {says}"}

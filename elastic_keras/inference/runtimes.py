@@ -68,6 +68,9 @@ class Exported:
         self.driver = self.format != "saved_model" if driver is None else driver
         if self.driver and "segments" not in self.manifest["artifacts"]:
             raise ElasticKerasError(f"{self.folder}: a {self.format} export has no segments")
+        if not self.driver and "cascade" not in self.manifest["artifacts"]:
+            raise ElasticKerasError(f"{self.folder}: this export has no one-graph cascade; "
+                                    "its segments and driver run it")
 
     def _load(self, rel, predictor):
         path = os.path.join(self.folder, rel or "")
@@ -108,9 +111,33 @@ class Exported:
         if exit not in self._predictors:
             rel = self.manifest["artifacts"]["predictors"][exit]
             run = self._load(rel, True)
-            self._predictors[exit] = run if self.format == "onnx" else (
-                lambda images, run=run: run(images=images))
+            self._predictors[exit] = self._served(exit, rel, run if self.format == "onnx" else (
+                lambda images, run=run: run(images=images)))
         return lambda images: self._predictors[exit](np.asarray(images, dtype=self.dtype))
+
+    def _served(self, exit, rel, run):
+        """A predictor whose probabilities are integers or get the export's own temperatures:
+        dequantized and scaled as the segment driver does (FIDELITY.md Q2)."""
+        from elastic_keras.inference.segment_driver import exit_probabilities
+
+        m = self.manifest
+        params = ((m.get("quantization") or {}).get("tensors") or {}).get(rel, {})
+        temps = m.get("output_temperatures") or [None] * len(self.output_names)
+        if not params and temps[self.output_names.index(exit)] in (None, 1.0):
+            return run
+
+        def served(images):
+            probs = exit_probabilities(run(images)["probabilities"], params.get(
+                "probabilities"), temps[self.output_names.index(exit)])
+            return {"probabilities": probs, "classes": probs.argmax(axis=1).astype(np.int32)}
+        return served
+
+    def in_force(self) -> dict:
+        """The threshold this export serves at and what vouches for it
+        (manifest.threshold_in_force)."""
+        from elastic_keras.inference.manifest import threshold_in_force
+
+        return threshold_in_force(self.manifest)
 
 
 def _driver(folder):

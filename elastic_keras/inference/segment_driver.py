@@ -5,8 +5,7 @@ Shipped into every export as cascade_driver.py; needs NumPy and the format's run
     from cascade_driver import SegmentCascade
     probabilities, classes, exits = SegmentCascade("export-dir")(images, threshold)
 Each segment returns its exit's probabilities and confidence (and the features the next one
-reads); the exit rule is the in-package Cascade's (FIDELITY.md I31). With `onnx` installed too,
-ONNX features pass between segments in onnxruntime's own blocked layout (_onnx_sessions).
+reads); the exit rule is the in-package Cascade's (FIDELITY.md I31).
 """
 
 import json
@@ -26,21 +25,18 @@ def onnx_options(optimized=None):
     options = ort.SessionOptions()  # idle sessions must not spin on the cores the next one needs
     options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     options.log_severity_level = 3  # not the warning that an optimized graph is hardware's
+    # int8 activations (export --io int8) run as int8 kernels on x86 too (FIDELITY.md Q2)
+    options.add_session_config_entry("session.qdqisint8allowed", "1")
     if optimized:
         options.optimized_model_filepath = optimized
     return options
 
 
 def _onnx_sessions(paths, join=True):
-    """(sessions, boundaries joined) of an ONNX export's segments.
-
-    onnxruntime's CPU provider computes convolutions in a blocked layout (NCHWc): it turns a
-    segment's features back to NCHW where they leave (ReorderOutput) and to NCHWc again where
-    the next segment reads them (ReorderInput), 20-30% of a segment's time. With `onnx`
-    installed, the driver optimizes each segment here, on the machine that runs it (the block
-    is the CPU's), drops that pair of reorders at every boundary that has both, and runs the
-    optimized graphs as they are: features pass between segments in the blocked layout, batch
-    axis first, so that the survivors are still the rows kept (FIDELITY.md I31)."""
+    """(sessions, boundaries joined) of an ONNX export's segments. With `onnx` installed, each
+    segment is optimized here (the CPU's NCHWc block), the ReorderOutput/ReorderInput pair
+    dropped at every boundary that has both, and features pass between segments in the
+    blocked layout, batch axis first (FIDELITY.md I31)."""
     import onnxruntime as ort
 
     try:
@@ -67,8 +63,8 @@ def _onnx_sessions(paths, join=True):
 
 
 def _join(first, second, value) -> bool:
-    """Drop the ReorderOutput that makes `first`'s features and the ReorderInputs that read
-    `second`'s tap, where both are there and nothing else reads either side."""
+    """Drop `first`'s features ReorderOutput and `second`'s tap ReorderInputs, where both
+    are there and nothing else reads either side."""
     def attr(node, name):
         return next((value(a) for a in node.attribute if a.name == name), 0)
 
@@ -102,8 +98,9 @@ def _onnx(session):
     def run(x):  # features stay in onnxruntime's memory (OrtValue) on their way on
         x = x if isinstance(x, ort.OrtValue) else ort.OrtValue.ortvalue_from_numpy(x)
         got = dict(zip(keys, session.run_with_ort_values(None, {name: x})))
-        features = got.pop("features", None)
-        return got["probabilities"].numpy(), got["confidence"].numpy(), lambda: features
+        features, conf = got.pop("features", None), got.get("confidence")
+        return (got["probabilities"].numpy(), None if conf is None else conf.numpy(),
+                lambda: features)
     return run
 
 
@@ -125,7 +122,8 @@ def _litert(path):
         interpreter.invoke()
         features = (lambda: interpreter.tensor(out["features"])()) if "features" in out else None
         return (interpreter.get_tensor(out["probabilities"]),
-                interpreter.get_tensor(out["confidence"]), features)
+                interpreter.get_tensor(out["confidence"]) if "confidence" in out else None,
+                features)
     return run
 
 
@@ -136,10 +134,8 @@ def _saved_model(path):
     (name,) = fn.structured_input_signature[1]
 
     def run(x):
-        got = fn(**{name: tf.constant(x)})
-        features = got.get("features")
-        return (got["probabilities"].numpy(), got["confidence"].numpy(),
-                None if features is None else features.numpy)
+        got = {k: v.numpy() for k, v in fn(**{name: tf.constant(x)}).items()}
+        return got["probabilities"], got["confidence"], lambda: got.get("features")
     return run
 
 
@@ -159,11 +155,11 @@ class SegmentCascade:
         else:
             self.segments = [(_saved_model if manifest["format"] == "saved_model" else _litert)(p)
                              for p in paths]
+        self.segments = exit_outputs(manifest, self.segments)
 
     def __call__(self, images, threshold, exit_at=None):
-        """(probabilities of the exit taken, classes, exits taken 1-based) of a batch.
-        `exit_at` k (for timing a path): every image leaves at exit k, whatever its
-        confidence; the same segments run as for a batch that leaves there."""
+        """(probabilities of the exit taken, classes, exits taken 1-based) of a batch; `exit_at`
+        k (timing a path): every image leaves at exit k, the same segments run."""
         n, threshold = len(images), np.float32(threshold)
         probs, exits = None, np.zeros(n, np.int32)
         feats, index = images, np.arange(n)
@@ -185,8 +181,70 @@ class SegmentCascade:
 
 
 def _survivors(feats, leave):
-    """The features of the images that go on (as they are when nobody left: the next
-    segment copies them in)."""
+    """The features of the images that go on (as they are when nobody left)."""
     if not leave.any():
         return feats
     return np.ascontiguousarray((feats if isinstance(feats, np.ndarray) else feats.numpy())[~leave])
+
+
+# Int8 segments and the export's own temperatures (FIDELITY.md Q2, Q4): integers in and out
+# (scale and zero point in the manifest); probabilities dequantized and scaled here.
+
+
+def dequantized(x, params):
+    """float32 (q - zero_point) * scale, `params` [scale, zero_point, dtype]; None: as it is."""
+    x = np.asarray(x)
+    if not params:
+        return x.astype(np.float32, copy=False)
+    return ((x.astype(np.int32) - np.int32(params[1])) * np.float32(params[0])).astype(
+        np.float32)
+
+
+def exit_probabilities(raw, params=None, temperature=None):
+    """An exit's probabilities as served: dequantized, then softmax(log(p) / T) in float32."""
+    probs = dequantized(raw, params)
+    if temperature is None or float(temperature) == 1.0:
+        return probs
+    z = np.log(np.maximum(probs, np.float32(1e-30))) / np.float32(temperature)
+    e = np.exp(z - z.max(axis=1, keepdims=True))
+    return (e / e.sum(axis=1, keepdims=True)).astype(np.float32)
+
+
+def confidence(probs, criterion):
+    """float32 confidence of probability rows: the largest, or the entropy in nats."""
+    if criterion == "max_prob":
+        return probs.max(axis=1)
+    return -(probs * np.log(np.where(probs > 0, probs, np.float32(1)))).sum(1, dtype=np.float32)
+
+
+def _bridged(x, a, b):
+    """Features of quantization `a` as the next segment reads them (`b`; None: float); with
+    one type and zero point and scales within 1/512 they pass as they are (same integers)."""
+    if a == b or (a and b and a[1:] == b[1:] and abs(a[0] / b[0] - 1) < 1 / 512):
+        return x
+    x = dequantized(x.numpy() if hasattr(x, "numpy") else x, a)
+    if not b:
+        return x
+    info = np.iinfo(b[2])
+    return np.clip(np.round(x / np.float32(b[0])) + b[1], info.min, info.max).astype(b[2])
+
+
+def exit_outputs(manifest, segments):
+    """The runners wrapped: inputs requantized as the segment reads them, probabilities
+    dequantized and scaled by the output temperatures, the confidence from them."""
+    quant = (manifest.get("quantization") or {}).get("tensors") or {}
+    temps = manifest.get("output_temperatures") or [None] * len(segments)
+    rels, criterion = manifest["artifacts"]["segments"], manifest["criterion"]
+    if not quant and not any(t not in (None, 1.0) for t in temps):
+        return segments
+    wrapped = []
+    for k, (run, rel, t) in enumerate(zip(segments, rels, temps)):
+        a = quant.get(rels[k - 1], {}).get("features") if k else None
+        b = quant.get(rel, {}).get("tap")
+
+        def call(x, run=run, p=quant.get(rel, {}).get("probabilities"), t=t, a=a, b=b):
+            probs, _, features = run(_bridged(x, a, b))
+            probs = exit_probabilities(probs, p, t)
+            return probs, confidence(probs, criterion), features
+        wrapped.append(call)
+    return wrapped

@@ -77,6 +77,17 @@ def choose(losses, costs, epsilon, delta, method, budget=None):
     return index, rc.risk_bound(losses, index, delta, method, losses.shape[1]), None
 
 
+def check_ask(epsilon, delta, method, max_macs, max_ms) -> dict:
+    """What a calibration asks, checked before any model is loaded."""
+    if max_macs is not None and max_ms is not None:
+        raise ElasticKerasError("give --max-macs or --max-ms, not both")
+    rc.check(epsilon, delta, method)
+    rc.mapie_methods()  # MAPIE is there, or one line says how to install it
+    if method == "crc" and (max_macs is not None or max_ms is not None):
+        rc.risk_bound([[0.0]], 0, delta, method, 1)  # refused before the model is loaded
+    return dict(epsilon=epsilon, delta=delta, method=method, max_macs=max_macs, max_ms=max_ms)
+
+
 def calibrate_run(run, epsilon=0.02, delta=0.1, risk="drop", method="ltt", max_macs=None,
                   max_ms=None, seed=0, fit_fraction=0.3, latency=None, log=print):
     """Fit per-exit temperatures, certify a threshold, write calibration.json/csv.
@@ -85,38 +96,42 @@ def calibrate_run(run, epsilon=0.02, delta=0.1, risk="drop", method="ltt", max_m
     calibration part) for the figure.
     """
     run.require(EVALUATED, "calibrate it (train and evaluate it first)")
-    if max_macs is not None and max_ms is not None:
-        raise ElasticKerasError("give --max-macs or --max-ms, not both")
-    rc.check(epsilon, delta, method)
-    rc.mapie_methods()  # MAPIE is there, or one line says how to install it
-    if method == "crc" and (max_macs is not None or max_ms is not None):
-        rc.risk_bound([[0.0]], 0, delta, method, 1)  # refused before the model is loaded
+    ask = {**check_ask(epsilon, delta, method, max_macs, max_ms), "risk": risk}
     probs, labels, names, macs = validation_outputs(run)
+    ms = path_ms(run, latency, names, needed=max_ms is not None)
+    out, rows, reliability = certify_outputs(probs, labels, names, macs, ms, ask, seed,
+                                             fit_fraction)
+    out["run"] = os.path.abspath(run.dir)
+    files.write_csv(run.output(CALIBRATION_CSV), CSV_COLUMNS, rows)
+    files.write_json(run.output(cal.CALIBRATION_JSON), out)
+    return {**out, "reliability": reliability}
+
+
+def certify_outputs(probs, labels, names, macs, ms, ask, seed, fit_fraction, scale=None):
+    """(calibration.json's content, calibration.csv's rows, reliability per exit) from every
+    exit's softmax on a validation split: temperatures fitted on its first part, a threshold
+    certified on the rest. `scale(p, T)`: how the served network applies a temperature
+    (default: the in-package Cascade's, through calibration.exits_taken)."""
     fit, part = split_validation(len(labels), fit_fraction, seed)
     temps = cal.fit_temperatures([p[fit] for p in probs], labels[fit])
     probs_cal, labels_cal = [p[part] for p in probs], labels[part]
-    ms = path_ms(run, latency, names, needed=max_ms is not None)
     grid = cal.threshold_grid()
-    taken = cal.exits_taken(probs_cal, grid, temps)
-    losses = cal.per_threshold(cal.exit_losses(probs_cal, labels_cal, risk), taken)
-    costs = cal.per_threshold(ms if max_ms is not None else macs, taken).mean(axis=0)
-    index, bound, _ = choose(losses, costs, epsilon, delta, method,
-                             max_ms if max_ms is not None else max_macs)
-    out = _record(run, grid, index, bound, taken, losses, macs, ms, temps, names,
-                  dict(epsilon=epsilon, delta=delta, risk=risk, method=method,
-                       max_macs=max_macs, max_ms=max_ms),
+    taken = cal.exits_taken(probs_cal, grid, temps) if scale is None else cal.exits_taken(
+        [scale(p, t) for p, t in zip(probs_cal, temps)], grid)
+    losses = cal.per_threshold(cal.exit_losses(probs_cal, labels_cal, ask["risk"]), taken)
+    costs = cal.per_threshold(ms if ask["max_ms"] is not None else macs, taken).mean(axis=0)
+    index, bound, _ = choose(losses, costs, ask["epsilon"], ask["delta"], ask["method"],
+                             ask["max_ms"] if ask["max_ms"] is not None else ask["max_macs"])
+    out = _record(grid, index, bound, taken, losses, macs, ms, temps, names, ask,
                   dict(seed=seed, fit_fraction=fit_fraction, n_validation=len(labels),
                        fit=fit.tolist(), calibration=part.tolist()))
     rows = cal.calibration_rows(probs_cal, labels_cal, temps, names)
-    files.write_csv(run.output(CALIBRATION_CSV), CSV_COLUMNS, rows)
-    files.write_json(run.output(cal.CALIBRATION_JSON), out)
-    out["reliability"] = [(n, cal.reliability(p, labels_cal),
-                           cal.reliability(cal.scale(p, t), labels_cal))
-                          for n, p, t in zip(names, probs_cal, temps)]
-    return out
+    return out, rows, [(n, cal.reliability(p, labels_cal),
+                        cal.reliability(cal.scale(p, t), labels_cal))
+                       for n, p, t in zip(names, probs_cal, temps)]
 
 
-def _record(run, grid, index, bound, taken, losses, macs, ms, temps, names, ask, splits):
+def _record(grid, index, bound, taken, losses, macs, ms, temps, names, ask, splits):
     """calibration.json's content for the chosen threshold (index into `grid`)."""
     n = losses.shape[0]
     chosen = max(index, 0)
@@ -145,5 +160,18 @@ def _record(run, grid, index, bound, taken, losses, macs, ms, temps, names, ask,
             "macs": {"final": float(macs[-1]), "mean": spent,
                      "saved_fraction": 1.0 - spent / float(macs[-1])},
             "ms": None if ms is None else {
-                "final": ms[-1], "mean": float(np.asarray(ms)[taken[:, chosen]].mean())},
-            "run": os.path.abspath(run.dir)}
+                "final": ms[-1], "mean": float(np.asarray(ms)[taken[:, chosen]].mean())}}
+
+
+def summary(out) -> list[str]:
+    """What `calibrate` prints: temperatures, threshold, certificate, cost saved."""
+    temps = ", ".join(f"{t:.2f}" for t in out["temperatures"])
+    thr = out["threshold"]
+    saved = f"MACs saved on the calibration split: {100 * out['macs']['saved_fraction']:.1f}% " \
+            f"({out['macs']['mean']:.4g} per image against {out['macs']['final']:.4g})"
+    if out["ms"]:
+        saved += f"; {out['ms']['mean']:.3g} ms per image against {out['ms']['final']:.3g}"
+    return [f"temperatures (exit_1 .. final): {temps}",
+            f"threshold: {'none (final exit only)' if thr is None else f'{thr:.6g}'} "
+            "(max softmax after temperature scaling)",
+            f"certificate: {out['certificate']['text']}", saved]

@@ -5,18 +5,33 @@ from __future__ import annotations
 from elastic_keras.errors import ElasticKerasError
 
 
-def export_source(path, fmt: str, out=None, log=print) -> str:
+def export_source(path, fmt: str, out=None, log=print, quantize: dict | None = None) -> str:
     """Export a run directory or .keras file in `fmt` (default folder: source.py's
-    default_export_dir); returns the export folder."""
+    default_export_dir, RUN/export-FORMAT-int8 when quantized); returns the export folder.
+    quantize: runs.quantized.prepare's options (count, data, io, float_heads) for an int8
+    export, whose temperatures the driver applies (FIDELITY.md Q2)."""
     from elastic_keras.inference.export import check_format, export_model, require_tensorflow
     from elastic_keras.runs.source import default_export_dir, load_source
 
     check_format(fmt)
     require_tensorflow()
+    if quantize is None:
+        src = load_source(path)
+        out = out or default_export_dir(path, fmt)
+        export_model(src.model, fmt, out, criterion=src.criterion,
+                     temperatures=src.meta.get("temperatures"), meta=src.meta, log=log)
+        return out
+    from elastic_keras.inference.quantize import check_plan
+    from elastic_keras.runs.quantized import prepare, summary
+
+    check_plan(fmt, quantize["io"], quantize["count"])
     src = load_source(path)
-    out = out or default_export_dir(path, fmt)
-    export_model(src.model, fmt, out, criterion=src.criterion,
-                 temperatures=src.meta.get("temperatures"), meta=src.meta, log=log)
+    out = out or default_export_dir(path, f"{fmt}-int8")
+    plan, finish = prepare(src, fmt, **quantize)
+    export_model(src.model, fmt, out, criterion=src.criterion, log=log, quantize=plan,
+                 temperatures=src.meta.get("temperatures"), meta=src.meta, finish=finish)
+    for line in summary(out):
+        log(line)
     return out
 
 
@@ -52,7 +67,8 @@ def cascade_runner(path, fmt: str | None = None):
         exported = open_export(path, fmt)
         m = exported.manifest
         meta = {"threshold": m.get("threshold"), "class_names": m.get("class_names"),
-                "output_names": exported.output_names, "criterion": m["criterion"]}
+                "output_names": exported.output_names, "criterion": m["criterion"],
+                "chosen": exported.in_force()["says"]}
         return exported.cascade, m["input"]["shape"][1:], meta
     return _in_package(path)
 

@@ -76,15 +76,16 @@ def _predictor(run):
 
 
 def _threshold(manifest, threshold) -> tuple[float, str]:
-    """The threshold in force and where it came from (FIDELITY.md I34's order)."""
+    """The threshold in force and what vouches for it: --threshold, else the export's own
+    (manifest.threshold_in_force: its certificate, the source run's, or a budget pick)."""
+    from elastic_keras.inference.manifest import threshold_in_force
+
     if threshold is not None:
         return float(threshold), "--threshold"
-    if manifest.get("threshold") is not None:
-        cal = (manifest.get("thresholds") or {}).get("calibration")
-        return float(manifest["threshold"]), ("certified by calibrate" if cal is not None
-                                              else "chosen by budget")
-    return (2.0 if manifest["criterion"] == "max_prob" else -1.0), \
-        "none chosen: every image goes to the final exit"
+    found = threshold_in_force(manifest)
+    if found["threshold"] is None:
+        return (2.0 if manifest["criterion"] == "max_prob" else -1.0), found["says"]
+    return float(found["threshold"]), found["says"]
 
 
 def _calibration(manifest) -> dict | None:
