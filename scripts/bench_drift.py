@@ -190,6 +190,58 @@ def cascade_check(model, temps, images, table, grid, calib, macs, args, clean, s
     return int(same.sum()), len(idx)
 
 
+def server_check(run, images, idx, table, before, args):
+    """Seed 0's stream of the worst shift through the real server: `serve` on the calibrated
+    run's ONNX export with --audit, one request of 32 images at a time. Returns its scores
+    (as the replay's: risk after detection, delay) and what /metrics and the model's
+    metadata say of the threshold at the end. The audit coins are the server's own (drawn in
+    the order images leave), so the alarm can come a little earlier or later than in the
+    replay."""
+    import json
+    import socket
+    import urllib.request
+
+    from bench_serve import start_server, stop_server
+
+    from elastic_keras.runs.serve import export_source
+
+    folder = export_source(run.dir, "onnx", log=lambda *a: None)
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    proc = start_server(folder, port, "--name", "demo", "--audit", str(args.audit),
+                        "--max-wait-ms", "0")
+    url = f"http://127.0.0.1:{port}"
+    try:
+        got = [_infer(port, "demo", images[idx[s:s + 32]]) for s in range(0, len(idx), 32)]
+        metrics = urllib.request.urlopen(f"{url}/metrics").read().decode()
+        info = json.loads(urllib.request.urlopen(f"{url}/v2/models/demo").read())["parameters"]
+    finally:
+        stop_server(proc)
+    classes = np.concatenate([g["class"] for g in got])
+    dis = classes != table["final"][idx]
+    alarms = [c["image"] for c in info["threshold_changes"] if c["reason"] == "alarm"]
+    found = [a for a in alarms if a >= before]
+    start = found[0] if found else before
+    shown = [line for line in metrics.splitlines() if line.startswith(
+        ("elastic_threshold ", "elastic_control_", "elastic_audits_total"))]
+    return {"online_after": float(dis[start:].mean()), "delay": found[0] - before if found
+            else float("nan"), "metrics": shown, "changes": info["threshold_changes"]}
+
+
+def _infer(port, model, images):
+    import http.client
+    import json
+
+    body = json.dumps({"inputs": [{"name": "images", "datatype": "UINT8",
+                                   "shape": list(images.shape), "data": images.ravel().tolist()}],
+                       "outputs": [{"name": "exit"}, {"name": "class"}]})
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=120)
+    conn.request("POST", f"/v2/models/{model}/infer", body)
+    out = json.loads(conn.getresponse().read())["outputs"]
+    return {o["name"]: np.asarray(o["data"]) for o in out}
+
+
 def mean_ci(values):
     """Mean and 95% Student-t interval over seeds (report.intervals)."""
     from elastic_keras.report.intervals import interval
@@ -244,6 +296,8 @@ def parse():
     p.add_argument("--after", type=int, default=2000, help="shifted images after it")
     p.add_argument("--seeds", type=int, default=10, help="streams per shift")
     p.add_argument("--noise-copies", type=int, default=4)
+    p.add_argument("--no-server", action="store_true",
+                   help="leave out the stream through the real server")
     return p.parse_args()
 
 
@@ -295,12 +349,25 @@ def main():
         results, tables, found, (model, temps, grid, macs) = every_shift(run, calib, args)
         worst = max(results, key=lambda n: results[n]["static_after"])
         clean = len(found["clean"][1])
-        same, n = cascade_check(model, temps, np.concatenate([found["clean"][0], found[worst][0]]),
-                                tables[worst], grid, calib, macs, args, clean,
-                                len(found[worst][1]))
+        images = np.concatenate([found["clean"][0], found[worst][0]])
+        same, n = cascade_check(model, temps, images, tables[worst], grid, calib, macs, args,
+                                clean, len(found[worst][1]))
+        _, idx = stream_of(0, clean, len(found[worst][1]), args.before, args.after)
+        served = None if args.no_server else server_check(run, images, idx, tables[worst],
+                                                          args.before, args)
+        seed0 = run_shift(tables[worst], grid, calib, macs, args, 1, clean,
+                          len(found[worst][1]))[0]
     finally:
         shutil.rmtree(folder, ignore_errors=True)
     w = results[worst]
+    if served:
+        print(f"the same stream (seed 0) through `serve` (ONNX export, --audit {args.audit}): "
+              f"risk after detection {served['online_after']:.4f}, detection delay "
+              f"{served['delay']:.0f} images (offline, seed 0: {seed0['online_after']:.4f}, "
+              f"{seed0['delay']:.0f} images); threshold changes: " + "; ".join(
+                  f"image {c['image']}: {c['old']} -> {c['new']} ({c['reason']})"
+                  for c in served["changes"]) + "; /metrics at the end: "
+              + ", ".join(served["metrics"]))
     print(f"worst shift {worst}: online risk after detection {w['ci'][0]:.4f}, 95% interval "
           f"[{w['ci'][1]:.4f}, {w['ci'][2]:.4f}] over {args.seeds} seeds; the real cascade "
           f"matched the replay on {same}/{n} images of seed 0's stream; (c) every image to the "

@@ -162,7 +162,7 @@ def run_temperatures(run):
 
 def int8_raw(folder, x, temperatures):
     """An int8 export's probabilities on `x`, scaled by `temperatures` as its driver does."""
-    from elastic_keras.inference.segment_driver import exit_probabilities
+    from elastic_keras.inference.segment_int8 import exit_probabilities
     from elastic_keras.runs.recertify import export_outputs
 
     raw = export_outputs(folder, x)

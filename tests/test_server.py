@@ -365,3 +365,38 @@ def _post(port, name, images):
     r = conn.getresponse()
     assert r.status == 200
     return {o["name"]: np.array(o["data"]) for o in json.loads(r.read())["outputs"]}
+
+
+def test_online_control_over_http_audits_metrics_and_feedback(exported, tmp_path):
+    """Issue 29 in the server: audited early answers, the controller's state in /metrics
+    and the model's metadata, labelled feedback by request id."""
+    import shutil
+
+    folder, x, thr, name = exported
+    certified = tmp_path / "certified"
+    shutil.copytree(folder / "onnx", certified)
+    manifest = json.loads((certified / "manifest.json").read_text())
+    manifest.update(threshold=thr, thresholds={"calibration": thr}, certificate={
+        "epsilon": 0.05, "delta": 0.1, "text": "a test certificate", "risk": "disagreement"})
+    (certified / "manifest.json").write_text(json.dumps(manifest))
+    served, engine, metrics, app = _server(certified, audit=1.0)
+    assert engine.control is not None and engine.threshold >= thr  # on calibrate's grid
+    with Running(app) as s:
+        status, _, body = s.call("POST", f"/v2/models/{name}/infer", _infer_body(x))
+        answer = {o["name"]: o["data"] for o in json.loads(body)["outputs"]}
+        early = sum(e < 3 for e in answer["exit"])
+        deadline = time.time() + 10
+        while engine.audits_in_flight and time.time() < deadline:
+            time.sleep(0.02)
+        text = s.call("GET", "/metrics")[2].decode()
+        assert f"elastic_audits_total {float(early)}" in text
+        assert "elastic_control_served 48.0" in text and "elastic_threshold " in text
+        meta = json.loads(s.call("GET", f"/v2/models/{name}")[2])["parameters"]
+        assert meta["online_control"]["audits"] == early and meta["certificate"] == \
+            "a test certificate" and meta["threshold_source"] == "online control"
+        feedback = json.dumps({"feedback": [{"id": "r1", "classes": answer["class"]},
+                                            {"id": "nope", "classes": [0]}]})
+        status, _, body = s.call("POST", f"/v2/models/{name}/feedback", feedback)
+        assert status == 200 and json.loads(body) == {"accepted": 48, "unknown_ids": ["nope"]}
+        assert engine.control.labels.served > 0  # those of the window in force
+    engine.close()

@@ -159,8 +159,10 @@ def _write_segments(fmt, folder, segments, owners):
 
 def ship_driver(folder) -> dict:
     """Copy the segment driver into an export as cascade_driver.py."""
-    shutil.copy(os.path.join(os.path.dirname(__file__), "segment_driver.py"),
-                os.path.join(folder, "cascade_driver.py"))
+    here = os.path.dirname(__file__)
+    for name, shipped in (("segment_driver.py", "cascade_driver.py"),
+                          ("segment_int8.py", "cascade_int8.py")):
+        shutil.copy(os.path.join(here, name), os.path.join(folder, shipped))
     return {"driver": "cascade_driver.py"}
 
 

@@ -118,7 +118,7 @@ class Exported:
     def _served(self, exit, rel, run):
         """A predictor whose probabilities are integers or get the export's own temperatures:
         dequantized and scaled as the segment driver does (FIDELITY.md Q2)."""
-        from elastic_keras.inference.segment_driver import exit_probabilities
+        from elastic_keras.inference.segment_int8 import exit_probabilities
 
         m = self.manifest
         params = ((m.get("quantization") or {}).get("tensors") or {}).get(rel, {})

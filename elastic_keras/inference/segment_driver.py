@@ -13,23 +13,55 @@ import os
 
 import numpy as np
 
+try:  # in the package; in an export, the file shipped beside this one
+    from elastic_keras.inference.segment_int8 import exit_outputs
+except ImportError:  # pragma: no cover - run from an export folder without the package
+    from cascade_int8 import exit_outputs  # type: ignore[no-redef]
+
 
 NCHWC = "com.microsoft.nchwc"  # onnxruntime's blocked-layout operators
 
 
 def onnx_options(optimized=None):
-    """onnxruntime session options for every ONNX model of an export (segments, predictors);
-    `optimized`: where onnxruntime writes the graph it optimized."""
+    """onnxruntime session options for every ONNX model of an export (segments, predictors):
+    one thread pool for every session of the process where it can be had, which halves a
+    small batch's time through 13 segments (FIDELITY.md I31); `optimized`: where
+    onnxruntime writes the graph it optimized."""
     import onnxruntime as ort
 
     options = ort.SessionOptions()  # idle sessions must not spin on the cores the next one needs
     options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    options.use_per_session_threads = not _shared_threads()
     options.log_severity_level = 3  # not the warning that an optimized graph is hardware's
     # int8 activations (export --io int8) run as int8 kernels on x86 too (FIDELITY.md Q2)
     options.add_session_config_entry("session.qdqisint8allowed", "1")
     if optimized:
         options.optimized_model_filepath = optimized
     return options
+
+
+_SHARED: list = []
+THREADS: list = [None]  # the runtimes' compute threads (None: every core); use_threads
+
+
+def use_threads(n) -> None:
+    """The runtimes' compute threads in this process (a server leaves a core to HTTP:
+    FIDELITY.md S2); before any segment is loaded."""
+    THREADS[0] = n
+
+
+def _shared_threads() -> bool:
+    """onnxruntime's global thread pool, made once per process (False where another made
+    it first, or where this onnxruntime has none)."""
+    if not _SHARED:
+        try:
+            from onnxruntime.capi import _pybind_state
+
+            _pybind_state.set_global_thread_pool_sizes(THREADS[0] or os.cpu_count() or 1, 1)
+            _SHARED.append(True)
+        except Exception:  # created already, or not in this build
+            _SHARED.append(False)
+    return _SHARED[0]
 
 
 def _onnx_sessions(paths, join=True):
@@ -107,7 +139,7 @@ def _onnx(session):
 def _litert(path):
     from ai_edge_litert.interpreter import Interpreter
 
-    interpreter = Interpreter(model_path=path)
+    interpreter = Interpreter(model_path=path, num_threads=THREADS[0])
     signature = interpreter.get_signature_runner()  # for the tensors' names
     (entry,) = [d["index"] for d in signature.get_input_details().values()]
     out = {k: d["index"] for k, d in signature.get_output_details().items()}
@@ -185,66 +217,3 @@ def _survivors(feats, leave):
     if not leave.any():
         return feats
     return np.ascontiguousarray((feats if isinstance(feats, np.ndarray) else feats.numpy())[~leave])
-
-
-# Int8 segments and the export's own temperatures (FIDELITY.md Q2, Q4): integers in and out
-# (scale and zero point in the manifest); probabilities dequantized and scaled here.
-
-
-def dequantized(x, params):
-    """float32 (q - zero_point) * scale, `params` [scale, zero_point, dtype]; None: as it is."""
-    x = np.asarray(x)
-    if not params:
-        return x.astype(np.float32, copy=False)
-    return ((x.astype(np.int32) - np.int32(params[1])) * np.float32(params[0])).astype(
-        np.float32)
-
-
-def exit_probabilities(raw, params=None, temperature=None):
-    """An exit's probabilities as served: dequantized, then softmax(log(p) / T) in float32."""
-    probs = dequantized(raw, params)
-    if temperature is None or float(temperature) == 1.0:
-        return probs
-    z = np.log(np.maximum(probs, np.float32(1e-30))) / np.float32(temperature)
-    e = np.exp(z - z.max(axis=1, keepdims=True))
-    return (e / e.sum(axis=1, keepdims=True)).astype(np.float32)
-
-
-def confidence(probs, criterion):
-    """float32 confidence of probability rows: the largest, or the entropy in nats."""
-    if criterion == "max_prob":
-        return probs.max(axis=1)
-    return -(probs * np.log(np.where(probs > 0, probs, np.float32(1)))).sum(1, dtype=np.float32)
-
-
-def _bridged(x, a, b):
-    """Features of quantization `a` as the next segment reads them (`b`; None: float); with
-    one type and zero point and scales within 1/512 they pass as they are (same integers)."""
-    if a == b or (a and b and a[1:] == b[1:] and abs(a[0] / b[0] - 1) < 1 / 512):
-        return x
-    x = dequantized(x.numpy() if hasattr(x, "numpy") else x, a)
-    if not b:
-        return x
-    info = np.iinfo(b[2])
-    return np.clip(np.round(x / np.float32(b[0])) + b[1], info.min, info.max).astype(b[2])
-
-
-def exit_outputs(manifest, segments):
-    """The runners wrapped: inputs requantized as the segment reads them, probabilities
-    dequantized and scaled by the output temperatures, the confidence from them."""
-    quant = (manifest.get("quantization") or {}).get("tensors") or {}
-    temps = manifest.get("output_temperatures") or [None] * len(segments)
-    rels, criterion = manifest["artifacts"]["segments"], manifest["criterion"]
-    if not quant and not any(t not in (None, 1.0) for t in temps):
-        return segments
-    wrapped = []
-    for k, (run, rel, t) in enumerate(zip(segments, rels, temps)):
-        a = quant.get(rels[k - 1], {}).get("features") if k else None
-        b = quant.get(rel, {}).get("tap")
-
-        def call(x, run=run, p=quant.get(rel, {}).get("probabilities"), t=t, a=a, b=b):
-            probs, _, features = run(_bridged(x, a, b))
-            probs = exit_probabilities(probs, p, t)
-            return probs, confidence(probs, criterion), features
-        wrapped.append(call)
-    return wrapped

@@ -120,7 +120,7 @@ def write_report(folder, src, x, y, images) -> str:
 
 def float_outputs(model, temperatures, x) -> list[np.ndarray]:
     """Every exit's float softmax on `x`, scaled by the temperatures the export serves with."""
-    from elastic_keras.inference.segment_driver import exit_probabilities
+    from elastic_keras.inference.segment_int8 import exit_probabilities
     from elastic_keras.inference.predictors import exit_probabilities as softmaxes
 
     temps = temperatures or [None] * len(model.outputs)

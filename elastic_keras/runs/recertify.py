@@ -51,7 +51,7 @@ def calibrate_export(folder, epsilon=0.02, delta=0.1, risk="drop", method="ltt",
     from elastic_keras.inference.export import MANIFEST
     from elastic_keras.inference.latency import LATENCY_CSV
     from elastic_keras.inference.runtimes import Exported
-    from elastic_keras.inference.segment_driver import exit_probabilities
+    from elastic_keras.inference.segment_int8 import exit_probabilities
 
     ask = {**check_ask(epsilon, delta, method, max_macs, max_ms), "risk": risk}
     exported = Exported(folder)

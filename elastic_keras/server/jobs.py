@@ -90,9 +90,12 @@ class Chunk:
                      None if self.probs is None else self.probs[index], self.audit[index],
                      self.arrived)
 
-    def asks(self, key: str, default: float) -> np.ndarray:
-        """Per row, its job's `key` (threshold, max_exit, deadline), `default` where unset."""
+    def asks(self, key: str, default: float):
+        """Per row, its job's `key` (threshold, max_exit, deadline), `default` where unset;
+        `default` itself where no job sets it (most batches: one comparison, no array)."""
         values = [getattr(j, key) for j in self.jobs]
+        if all(v is None for v in values):
+            return default
         table = np.array([default if v is None else v for v in values], np.float64)
         return table[self.owner]
 

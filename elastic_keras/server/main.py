@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import os
 import signal
 
 from elastic_keras.errors import ElasticKerasError
 
+SWITCH_INTERVAL = 0.0005  # seconds (Python's default: 0.005)
 HELP = ("serve an export over HTTP (Open Inference Protocol): batches across requests per "
         "segment, deadlines, online control")
 FORMATS = ("litert", "onnx", "saved_model")
@@ -37,6 +39,8 @@ ARGUMENTS = (
     (("--ray-layout",), {"choices": ("cascade", "segments"), "default": "cascade",
                          "help": "--ray: whole-cascade replicas (default) or a deployment "
                                  "per segment (FIDELITY.md S6)"}),
+    (("--threads",), {"type": int, "default": None, "help": "the runtime's compute threads "
+                      "(default: every core but one, which serves HTTP)"}),
     (("--seed",), {"type": int, "default": 0, "help": "seed of the audit coins"}),
 )
 
@@ -44,18 +48,20 @@ ARGUMENTS = (
 def build(args, log=print):
     """(served, engine, metrics, app) of the command's arguments; the engine running."""
     from elastic_keras.inference.runtimes import is_export
+    from elastic_keras.inference.segment_driver import use_threads
     from elastic_keras.server.app import build_app
     from elastic_keras.server.engine import Engine
     from elastic_keras.server.metrics import Metrics
     from elastic_keras.server.served import open_served
 
     _check(args)
-    if _format(args) and not is_export(args.source):  # a run: exported on first use
+    use_threads(args.threads or max(1, (os.cpu_count() or 1) - 1))  # FIDELITY.md S2
+    if not is_export(args.source):  # a run: exported on first use
         from elastic_keras.backend.environment import import_keras_quietly
 
         import_keras_quietly()
     served = open_served(args.source, _format(args), args.name, args.threshold,
-                         args.final_only, log=log)
+                         args.final_only, args.max_batch, log=log)
     control = control_of(served, args, log)
     metrics = Metrics(served.exit_names, len(served.segments), args.max_batch)
     engine = Engine(served.segments, served.classes, served.criterion, served.threshold,
@@ -74,6 +80,7 @@ def _check(args) -> None:
     check_int("--max-batch", args.max_batch, 1)
     check_int("--max-queue", args.max_queue, 1)
     check_int("--replicas", args.replicas, 1)
+    check_int("--threads", args.threads, 1, optional=True)
     check_number("--max-wait-ms", args.max_wait_ms, 0, None)
     check_number("--max-body-mb", args.max_body_mb, 0, None, low_open=True)
     check_number("--audit", args.audit, 0, 1, high_open=False)
@@ -81,6 +88,7 @@ def _check(args) -> None:
 
 def _format(args):
     from elastic_keras.inference.runtimes import is_export
+    from elastic_keras.inference.segment_driver import use_threads
 
     return args.format or (None if is_export(args.source) else "onnx")
 
@@ -110,10 +118,15 @@ def command(args) -> int:
         from elastic_keras.server.ray_serve import serve_on_ray
 
         return serve_on_ray(args)
+    import sys
+
     import uvicorn
 
     from elastic_keras.server.served import threshold_words
 
+    # The engine thread takes the GIL back after every segment the runtime ran; a busy
+    # event loop would otherwise keep it up to 5 ms each time (FIDELITY.md S2).
+    sys.setswitchinterval(SWITCH_INTERVAL)
     served, engine, metrics, app = build(args)
     server = uvicorn.Server(uvicorn.Config(app, host=args.host, port=args.port,
                                            log_level="warning", lifespan="off",

@@ -11,6 +11,7 @@ import threading
 
 import numpy as np
 
+from elastic_keras.errors import ElasticKerasError
 from elastic_keras.server.jobs import Job
 
 APP = "elastic"
@@ -163,6 +164,8 @@ def serve_on_ray(args) -> int:
     from elastic_keras.runs.serve import open_export
 
     _check(args)
+    if args.ray_layout == "segments" and args.final_only:
+        raise ElasticKerasError("--final-only serves one segment: use --ray-layout cascade")
     folder = open_export(args.source, _format(args)).folder  # replicas load the export
     options = {**vars(args), "source": os.path.abspath(folder), "ray": False, "format": None}
     options.pop("func", None)

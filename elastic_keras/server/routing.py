@@ -14,7 +14,7 @@ from elastic_keras.server.jobs import NO_DEADLINE, Chunk
 def leaves(conf, criterion: str, thresholds) -> np.ndarray:
     """The in-package exit rule, in float32 as the exported graphs and the segment driver
     compare (FIDELITY.md I31): max_prob leaves at confidence >= threshold, entropy at <=."""
-    thresholds = np.asarray(thresholds, np.float32)
+    thresholds = np.asarray(thresholds, np.float32)  # a scalar or one per row
     return conf >= thresholds if criterion == "max_prob" else conf <= thresholds
 
 
@@ -45,7 +45,7 @@ def answer(engine, batch: Chunk, mask, probs, exit_number: int, forced=False) ->
 
 def late(batch: Chunk, now: float, cost: float):
     """The rows (not audits) whose deadline the next segment cannot meet."""
-    return (now + cost > batch.asks("deadline", NO_DEADLINE)) & ~batch.audit
+    return np.asarray(now + cost > batch.asks("deadline", NO_DEADLINE)) & ~batch.audit
 
 
 def route(engine, k: int, batch: Chunk, probs, conf):
@@ -57,7 +57,7 @@ def route(engine, k: int, batch: Chunk, probs, conf):
         leave = np.ones(len(batch), bool)
     else:
         leave = leaves(conf, engine.criterion, batch.asks("threshold", engine.threshold))
-        leave |= k + 1 >= batch.asks("max_exit", np.inf)
+        leave |= np.asarray(k + 1 >= batch.asks("max_exit", np.inf))
     audit = batch.audit.copy()
     if last and audit.any():  # audits reach the final exit: their verdicts
         _verdicts(engine, batch, probs.argmax(axis=1))

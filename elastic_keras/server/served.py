@@ -41,7 +41,7 @@ class Served:
 
 
 def open_served(source, fmt=None, name=None, threshold=None, final_only=False,
-                log=print) -> Served:
+                max_batch=32, log=print) -> Served:
     """SOURCE (an export folder, or a run exported on first use as `predict` does) opened in
     its runtime. `threshold`: instead of the export's certified (else budget) one;
     `final_only`: the final exit's predictor alone, as one segment (the plain network)."""
@@ -63,9 +63,25 @@ def open_served(source, fmt=None, name=None, threshold=None, final_only=False,
                     names, macs[-1:] if final_only else macs, m["criterion"], chosen, said,
                     (m.get("certificate") or {}).get("text"),
                     _calibration(m) if not final_only else None, m.get("class_names"))
+    warm_up(segments, served.shape, max_batch)
     served.costs, served.cost_source = segment_costs(exported.folder, segments,
-                                                     served.shape, final_only)
+                                                     served.shape, final_only, max_batch)
     return served
+
+
+def warm_up(segments, shape, max_batch) -> None:
+    """Every segment once at every batch size up to max_batch: a runtime's first call at a
+    new shape is several times slower (onnxruntime plans its memory per shape), and the
+    first requests must not pay for it (FIDELITY.md S3)."""
+    images = np.random.default_rng(1).integers(0, 256, (max_batch, *shape), dtype=np.uint8)
+    for b in range(1, max_batch + 1):
+        x = images[:b]
+        for segment in segments:
+            _, _, features = segment(x)
+            f = None if features is None else features()
+            if f is None:
+                break
+            x = f.numpy() if hasattr(f, "numpy") else np.array(f)
 
 
 def _predictor(run):
@@ -128,9 +144,10 @@ def _measure(segments, shape, batch, repeats=5) -> list[float]:
             _, _, features = segment(x)
             times.append(time.perf_counter() - start)
         costs.append(max(times[1:]))
-        if features is not None:
-            f = features()
-            x = f.numpy() if hasattr(f, "numpy") else np.array(f)
+        f = None if features is None else features()
+        if f is None:
+            break
+        x = f.numpy() if hasattr(f, "numpy") else np.array(f)
     return costs
 
 
