@@ -23,15 +23,14 @@ NCHWC = "com.microsoft.nchwc"  # onnxruntime's blocked-layout operators
 
 
 def onnx_options(optimized=None):
-    """onnxruntime session options for every ONNX model of an export (segments, predictors):
-    one thread pool for every session of the process where it can be had, which halves a
-    small batch's time through 13 segments (FIDELITY.md I31); `optimized`: where
-    onnxruntime writes the graph it optimized."""
+    """onnxruntime session options for every ONNX model of an export (segments, predictors);
+    `optimized`: where onnxruntime writes the graph it optimized."""
     import onnxruntime as ort
 
     options = ort.SessionOptions()  # idle sessions must not spin on the cores the next one needs
     options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    options.use_per_session_threads = not _shared_threads()
+    if THREADS[0]:
+        options.intra_op_num_threads = THREADS[0]
     options.log_severity_level = 3  # not the warning that an optimized graph is hardware's
     # int8 activations (export --io int8) run as int8 kernels on x86 too (FIDELITY.md Q2)
     options.add_session_config_entry("session.qdqisint8allowed", "1")
@@ -40,28 +39,13 @@ def onnx_options(optimized=None):
     return options
 
 
-_SHARED: list = []
-THREADS: list = [None]  # the runtimes' compute threads (None: every core); use_threads
+THREADS: list = [None]  # the runtimes' compute threads (None: their default, every core)
 
 
 def use_threads(n) -> None:
     """The runtimes' compute threads in this process (a server leaves a core to HTTP:
     FIDELITY.md S2); before any segment is loaded."""
     THREADS[0] = n
-
-
-def _shared_threads() -> bool:
-    """onnxruntime's global thread pool, made once per process (False where another made
-    it first, or where this onnxruntime has none)."""
-    if not _SHARED:
-        try:
-            from onnxruntime.capi import _pybind_state
-
-            _pybind_state.set_global_thread_pool_sizes(THREADS[0] or os.cpu_count() or 1, 1)
-            _SHARED.append(True)
-        except Exception:  # created already, or not in this build
-            _SHARED.append(False)
-    return _SHARED[0]
 
 
 def _onnx_sessions(paths, join=True):
