@@ -46,7 +46,7 @@ class Client:
     on the same two cores, stays small next to the server's)."""
 
     def __init__(self, port, name, shape, connections=200):
-        self.port, self.free = port, []
+        self.port, self.free, self.resent = port, [], 0
         self.slots = asyncio.Semaphore(connections)  # open sockets, at most
         head = json.dumps({"inputs": [{"name": "images", "datatype": "UINT8",
                                        "shape": [1, *shape], "parameters": {
@@ -63,23 +63,26 @@ class Client:
 
     async def send(self, request, start=None):
         """(status, seconds since `start` (its scheduled arrival: waiting for a free
-        connection counts), answered at) of one request; status 0: no answer. A kept-alive
-        connection the server has closed meanwhile is replaced once, as HTTP clients do."""
+        connection counts), answered at) of one request; status 0: no answer. Kept-alive
+        connections that the server has closed meanwhile (uvicorn closes one after 5 s idle)
+        are dropped, and a request that fails on a reused one is sent again once on a new
+        connection, as HTTP clients do (counted in `self.resent`)."""
         start = time.perf_counter() if start is None else start
         async with self.slots:
-            for attempt in range(2):
-                reused = bool(self.free)
+            while self.free and self.free[-1][0].at_eof():  # closed by the server
+                self.free.pop()[1].close()
+            reused = bool(self.free)
+            for fresh in ((False, True) if reused else (True,)):
                 try:
-                    conn = self.free.pop() if reused else await asyncio.open_connection(
-                        HOST, self.port)
+                    conn = await asyncio.open_connection(HOST, self.port) if fresh \
+                        else self.free.pop()
                 except OSError:
                     break
                 status = await self._exchange(conn, request)
                 if status is not None:
                     end = time.perf_counter()
                     return status, end - start, end
-                if not reused:
-                    break
+                self.resent += not fresh
         return 0, time.perf_counter() - start, time.perf_counter()
 
     async def _exchange(self, conn, request):
@@ -157,6 +160,7 @@ def measure(port, name, shape, pool, rates, seconds, slo):
                "refused": sum(s == 503 for s, _, _ in results),
                "errors": sum(s not in (0, 200, 503) for s, _, _ in results),
                "lost": lost + sum(s == 0 for s, _, _ in results),  # unanswered, or cut off
+               "resent": client.resent,
                "throughput": ok.sum() / span, "goodput": (lat <= slo).sum() / span,
                "latencies": lat, "span": span,
                **{f"p{q}": float(np.percentile(lat, q)) if len(lat) else float("nan")
@@ -294,7 +298,8 @@ def soak(proc, port, name, shape, pool, rows, seconds, slo):
     got = measure(port, name, shape, pool, [rate], seconds, slo)[0]
     after = rss_mb(proc.pid)
     print(f" soak: {rate:.0f}/s for {seconds} s: RSS {before:.0f} -> {after:.0f} MB "
-          f"({100 * (after / before - 1):+.1f}%), lost {got['lost']}", flush=True)
+          f"({100 * (after / before - 1):+.1f}%), lost {got['lost']} (sent again on a new "
+          f"connection: {got['resent']})", flush=True)
     return {"rss_growth": after / before - 1, "lost": got["lost"]}
 
 
