@@ -183,7 +183,8 @@ class Running:
 def _server(folder, **options):
     import argparse
 
-    from elastic_keras.server.main import ARGUMENTS, build
+    from elastic_keras.server.assemble import build
+    from elastic_keras.server.main import ARGUMENTS
 
     defaults = {flags[0].lstrip("-").replace("-", "_"): o.get("default")
                 for flags, o in ARGUMENTS}

@@ -8,12 +8,12 @@ import tempfile
 
 from elastic_keras import files
 from elastic_keras.errors import ElasticKerasError
+from elastic_keras.inference.writers import (EXTENSION, ship_driver, write_litert, write_onnx,
+                                             write_saved_model)
 
 FORMATS = ("saved_model", "litert", "onnx")
 MANIFEST = "manifest.json"
 EXPORT_PREFIX = "export-"  # a run's exports: RUN/export-FORMAT (runs/source.py)
-EXTENSION = {"saved_model": "", "litert": ".tflite", "onnx": ".onnx"}
-OPSET = 17  # ONNX opset of the exported segments and predictors
 
 
 def check_format(fmt: str) -> str:
@@ -99,49 +99,6 @@ def functions(model, criterion: str = "max_prob", temperatures=None) -> dict:
             "segments": [segment(k, s) for k, s in enumerate(segs)]}
 
 
-def _saved_model(owner, fn, path):
-    import tensorflow as tf
-
-    module = tf.Module()
-    module.owner, module.serve = owner, fn  # the owner's variables travel with the function
-    tf.saved_model.save(module, path, signatures={"serving_default": fn.get_concrete_function()})
-
-
-def _litert(owner, fn, path, convert=None):
-    """LiteRT flatbuffer of `fn` with a named signature: the function is frozen first (the
-    variables read inside the cascade's branches are otherwise left uninitialised), then
-    saved and converted (FIDELITY.md I31); `convert(converter)` -> bytes: another conversion
-    (quantize.py's)."""
-    import tensorflow as tf
-    from tensorflow.python.framework.convert_to_constants import (
-        convert_variables_to_constants_v2)
-
-    del owner  # frozen: the weights become constants
-    concrete = fn.get_concrete_function()
-    frozen = convert_variables_to_constants_v2(concrete, lower_control_flow=False)
-    keys = sorted(concrete.structured_outputs)  # the frozen outputs' (flattened) order
-    module = tf.Module()
-    module.serve = tf.function(lambda *args: dict(zip(keys, frozen(*args))),
-                               input_signature=fn.input_signature)
-    saved = path + ".saved_model"
-    _saved_model(None, module.serve, saved)
-    try:
-        converter = tf.lite.TFLiteConverter.from_saved_model(saved)
-        data = convert(converter) if convert else converter.convert()
-    finally:
-        shutil.rmtree(saved, ignore_errors=True)
-    with open(path, "wb") as f:
-        f.write(data)
-
-
-def _onnx(fn, path, nchw_in=(), nchw_out=()):
-    import tf2onnx
-
-    tf2onnx.convert.from_function(fn, input_signature=fn.input_signature, opset=OPSET,
-                                  output_path=path, inputs_as_nchw=list(nchw_in) or None,
-                                  outputs_as_nchw=list(nchw_out) or None)
-
-
 def _write_segments(fmt, folder, segments, owners):
     """One model per segment and the driver (FIDELITY.md I31; SavedModel's serve the HTTP
     server's batches per segment, S2)."""
@@ -151,19 +108,11 @@ def _write_segments(fmt, folder, segments, owners):
         rels.append(os.path.join("segments", f"segment_{k + 1}{EXTENSION[fmt]}"))
         path = os.path.join(folder, rels[-1])
         if fmt == "onnx":  # features pass between segments in ONNX's own layout (NCHW)
-            _onnx(fn, path, ["tap"] if k else (), ["features"] if k < len(segments) - 1 else ())
+            last = k == len(segments) - 1
+            write_onnx(fn, path, ["tap"] if k else (), () if last else ["features"])
         else:
-            (_saved_model if fmt == "saved_model" else _litert)(owner, fn, path)
+            (write_saved_model if fmt == "saved_model" else write_litert)(owner, fn, path)
     return {"segments": rels, **ship_driver(folder)}
-
-
-def ship_driver(folder) -> dict:
-    """Copy the segment driver into an export as cascade_driver.py."""
-    here = os.path.dirname(__file__)
-    for name, shipped in (("segment_driver.py", "cascade_driver.py"),
-                          ("segment_int8.py", "cascade_int8.py")):
-        shutil.copy(os.path.join(here, name), os.path.join(folder, shipped))
-    return {"driver": "cascade_driver.py"}
 
 
 def _write_artifacts(model, fmt, folder, fns):
@@ -176,15 +125,15 @@ def _write_artifacts(model, fmt, folder, fns):
     artifacts.update(_write_segments(fmt, folder, fns["segments"], cascade.segments))
     if fmt != "onnx":  # the cascade as one graph (FIDELITY.md I31)
         artifacts["cascade"] = "cascade" + ext
-        write = _saved_model if fmt == "saved_model" else _litert
+        write = write_saved_model if fmt == "saved_model" else write_litert
         write(cascade.model, run_cascade, os.path.join(folder, artifacts["cascade"]))
     for name, (pred, fn) in fns["predictors"].items():
         rel = os.path.join("exits", name + ext)
         if fmt == "onnx":
-            _onnx(fn, os.path.join(folder, rel))
+            write_onnx(fn, os.path.join(folder, rel))
         else:
-            (_saved_model if fmt == "saved_model" else _litert)(pred, fn,
-                                                                os.path.join(folder, rel))
+            write = write_saved_model if fmt == "saved_model" else write_litert
+            write(pred, fn, os.path.join(folder, rel))
         artifacts["predictors"][name] = rel
     return artifacts
 

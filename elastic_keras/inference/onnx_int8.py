@@ -4,15 +4,14 @@ from __future__ import annotations
 
 import logging
 
-from elastic_keras.inference.quantize import BATCH
 
-
-def quantize_onnx(float_path, path, data, io, heads) -> dict:
+def quantize_onnx(float_path, path, data, io, heads, batch: int) -> dict:
     """quantize_static, QDQ, per channel, activations of --io's type, after onnxruntime's
     basic optimizations (batch normalisation and padding folded into the convolutions, so
     neither stays a float operator between integer ones); the heads' nodes excluded with
-    float heads. Then the graph's tap input and its features and probabilities outputs are
-    made the integer tensors themselves (integer_io)."""
+    float heads; the calibrator reads `batch` images at a time. Then the graph's tap input
+    and its features and probabilities outputs are made the integer tensors themselves
+    (integer_io)."""
     import onnx
     from onnxruntime.quantization import (CalibrationDataReader, QuantFormat, QuantType,
                                           quantize_static)
@@ -27,7 +26,7 @@ def quantize_onnx(float_path, path, data, io, heads) -> dict:
         name = graph.input[0].name
 
         class Reader(CalibrationDataReader):
-            batches = iter([{name: data[i:i + BATCH]} for i in range(0, len(data), BATCH)])
+            batches = iter([{name: data[i:i + batch]} for i in range(0, len(data), batch)])
 
             def get_next(self):
                 return next(self.batches, None)

@@ -88,7 +88,7 @@ def write_quantized(model, fmt, folder, fns, plan: Plan) -> dict:
     and int8 predictors (on the images) into `folder`, with the driver; returns the
     manifest's "artifacts". The one-graph cascade is not made: the driver runs the segments
     (FIDELITY.md Q1)."""
-    from elastic_keras.inference.export import EXTENSION, ship_driver
+    from elastic_keras.inference.writers import EXTENSION, ship_driver
 
     plan.io = check_plan(fmt, plan.io, len(plan.images))
     plan.format, ext = fmt, EXTENSION[fmt]
@@ -149,17 +149,17 @@ def _head_matcher(model):
 def _write(fmt, fn, path, data, plan, heads, nchw) -> dict:
     """Convert `fn` to an int8 artifact at `path`, calibrated on `data`; returns the
     [scale, zero point, type] of its integer inputs and outputs."""
-    from elastic_keras.inference.export import _litert, _onnx
+    from elastic_keras.inference.writers import write_litert, write_onnx
     from elastic_keras.inference.onnx_int8 import quantize_onnx
 
     if fmt == "litert":
-        _litert(None, fn, path, _litert_convert(data, plan, heads))
+        write_litert(None, fn, path, _litert_convert(data, plan, heads))
         return _litert_params(path)
     float_path = path + ".float.onnx"
     try:
-        _onnx(fn, float_path, *nchw)
+        write_onnx(fn, float_path, *nchw)
         return quantize_onnx(float_path, path, data.transpose(0, 3, 1, 2) if nchw[0] else data,
-                             plan.io, heads)
+                             plan.io, heads, BATCH)
     finally:
         if os.path.exists(float_path):
             os.remove(float_path)

@@ -26,7 +26,7 @@ class CascadeReplica:
     replica; Ray Serve's proxy spreads the requests over the replicas."""
 
     def __init__(self, options: dict):
-        from elastic_keras.server.main import build
+        from elastic_keras.server.assemble import build
 
         _, self.engine, _, self.asgi = build(argparse.Namespace(**options), log=lambda *_: None)
 
@@ -160,13 +160,13 @@ def serve_on_ray(args) -> int:
     import ray
     from ray import serve
 
-    from elastic_keras.server.main import _check, _format
+    from elastic_keras.server.assemble import check_args, format_of
     from elastic_keras.runs.serve import open_export
 
-    _check(args)
+    check_args(args)
     if args.ray_layout == "segments" and args.final_only:
         raise ElasticKerasError("--final-only serves one segment: use --ray-layout cascade")
-    folder = open_export(args.source, _format(args)).folder  # replicas load the export
+    folder = open_export(args.source, format_of(args)).folder  # replicas load the export
     options = {**vars(args), "source": os.path.abspath(folder), "ray": False, "format": None}
     options.pop("func", None)
     stop, up = threading.Event(), threading.Event()
