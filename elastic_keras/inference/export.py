@@ -8,8 +8,7 @@ import tempfile
 
 from elastic_keras import files
 from elastic_keras.errors import ElasticKerasError
-from elastic_keras.inference.writers import (EXTENSION, ship_driver, write_litert, write_onnx,
-                                             write_saved_model)
+from elastic_keras.inference.writers import EXTENSION, TF_WRITERS, ship_driver, write_onnx
 
 FORMATS = ("saved_model", "litert", "onnx")
 MANIFEST = "manifest.json"
@@ -111,7 +110,7 @@ def _write_segments(fmt, folder, segments, owners):
             last = k == len(segments) - 1
             write_onnx(fn, path, ["tap"] if k else (), () if last else ["features"])
         else:
-            (write_saved_model if fmt == "saved_model" else write_litert)(owner, fn, path)
+            TF_WRITERS[fmt](owner, fn, path)
     return {"segments": rels, **ship_driver(folder)}
 
 
@@ -125,15 +124,13 @@ def _write_artifacts(model, fmt, folder, fns):
     artifacts.update(_write_segments(fmt, folder, fns["segments"], cascade.segments))
     if fmt != "onnx":  # the cascade as one graph (FIDELITY.md I31)
         artifacts["cascade"] = "cascade" + ext
-        write = write_saved_model if fmt == "saved_model" else write_litert
-        write(cascade.model, run_cascade, os.path.join(folder, artifacts["cascade"]))
+        TF_WRITERS[fmt](cascade.model, run_cascade, os.path.join(folder, artifacts["cascade"]))
     for name, (pred, fn) in fns["predictors"].items():
         rel = os.path.join("exits", name + ext)
         if fmt == "onnx":
             write_onnx(fn, os.path.join(folder, rel))
         else:
-            write = write_saved_model if fmt == "saved_model" else write_litert
-            write(pred, fn, os.path.join(folder, rel))
+            TF_WRITERS[fmt](pred, fn, os.path.join(folder, rel))
         artifacts["predictors"][name] = rel
     return artifacts
 

@@ -46,6 +46,10 @@ def write_litert(owner, fn, path, convert=None):
         f.write(data)
 
 
+# The TensorFlow formats' writers, each (owner, fn, path); ONNX's takes layouts instead.
+TF_WRITERS = {"saved_model": write_saved_model, "litert": write_litert}
+
+
 def write_onnx(fn, path, nchw_in=(), nchw_out=()):
     import tf2onnx
 

@@ -19,7 +19,7 @@ def build(args, log=print):
     from elastic_keras.server.served import open_served
 
     check_args(args)
-    use_threads(args.threads or max(1, (os.cpu_count() or 1) - 1))  # FIDELITY.md S2
+    use_threads(runtime_threads(args.threads))
     if not is_export(args.source):  # a run: exported on first use
         from elastic_keras.backend.environment import import_keras_quietly
 
@@ -34,6 +34,12 @@ def build(args, log=print):
     metrics.watch(engine, served)
     app = build_app(served, engine, metrics, int(args.max_body_mb * 2**20))
     return served, engine, metrics, app
+
+
+def runtime_threads(requested: int | None = None) -> int:
+    """The runtime's compute threads: `requested`, else every core but one, which serves
+    HTTP (FIDELITY.md S2)."""
+    return requested or max(1, (os.cpu_count() or 1) - 1)
 
 
 def check_args(args) -> None:

@@ -13,17 +13,12 @@ import time
 import numpy as np
 
 from elastic_keras.errors import ElasticKerasError
-from elastic_keras.server.jobs import Chunk, Job, gather
+from elastic_keras.server.jobs import Chunk, Job, gather, passed_on
 from elastic_keras.server.routing import answer, by_job, late, route
 
 
 class QueueFull(Exception):
     """More images than --max-queue would be waiting: the request is refused at once."""
-
-
-def _numpy(features):
-    """The features as a NumPy array of their own (an ORT value, a runtime's buffer view)."""
-    return features.numpy() if hasattr(features, "numpy") else np.array(features)
 
 
 class Engine:
@@ -194,7 +189,7 @@ class Engine:
             going, done = route(self, k, batch, probs, conf)
             if going is not None:
                 chunk, index = going
-                chunk.features = _numpy(features())[index]
+                chunk.features = passed_on(features)[index]
                 self._enqueue(k + 1, chunk, done)
         for job in done:
             job.finish()

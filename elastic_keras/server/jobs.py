@@ -13,6 +13,15 @@ import numpy as np
 _ids = itertools.count()
 
 
+def passed_on(features):
+    """What a segment passes to the next (its third output, called) as a NumPy array of its
+    own (an ORT value, a runtime's buffer view); None after the last segment."""
+    f = None if features is None else features()
+    if f is None:
+        return None
+    return f.numpy() if hasattr(f, "numpy") else np.array(f)
+
+
 @dataclass(eq=False)
 class Job:
     """One request: its images' answers as they leave, and the future that resolves when the

@@ -12,7 +12,7 @@ import threading
 import numpy as np
 
 from elastic_keras.errors import ElasticKerasError
-from elastic_keras.server.jobs import Job
+from elastic_keras.server.jobs import Job, passed_on
 
 APP = "elastic"
 
@@ -48,8 +48,7 @@ class SegmentReplica:
 
     def _batch(self, rows: list):
         probs, conf, features = self.segment(np.concatenate(rows))
-        f = None if features is None else features()
-        f = None if f is None else (f.numpy() if hasattr(f, "numpy") else np.array(f))
+        f = passed_on(features)
         bounds = np.cumsum([0] + [len(r) for r in rows])
         return [(probs[a:b], conf[a:b], None if f is None else f[a:b])
                 for a, b in zip(bounds, bounds[1:])]

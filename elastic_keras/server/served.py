@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from elastic_keras.errors import ElasticKerasError
+from elastic_keras.server.jobs import passed_on
 
 
 @dataclass
@@ -77,11 +78,9 @@ def warm_up(segments, shape, max_batch) -> None:
     for b in range(1, max_batch + 1):
         x = images[:b]
         for segment in segments:
-            _, _, features = segment(x)
-            f = None if features is None else features()
-            if f is None:
+            x = passed_on(segment(x)[2])
+            if x is None:
                 break
-            x = f.numpy() if hasattr(f, "numpy") else np.array(f)
 
 
 def _predictor(run):
@@ -144,10 +143,9 @@ def _measure(segments, shape, batch, repeats=5) -> list[float]:
             _, _, features = segment(x)
             times.append(time.perf_counter() - start)
         costs.append(max(times[1:]))
-        f = None if features is None else features()
-        if f is None:
+        x = passed_on(features)
+        if x is None:
             break
-        x = f.numpy() if hasattr(f, "numpy") else np.array(f)
     return costs
 
 
