@@ -22,6 +22,7 @@ p99_ms_half_load_elastic=... p99_ms_half_load_final=... fill_last_segment=... lo
 
 import argparse
 import asyncio
+import gc
 import json
 import os
 import re
@@ -127,6 +128,19 @@ async def _stream(client, pool, rate, seconds, seed):
     return results, len(pending), span
 
 
+def quiet(fn):
+    """`fn()` with this process's garbage collector paused (collected after): with Keras and
+    TensorFlow imported here, one full collection stalls the load generator for hundreds of
+    ms, which the open loop would count against the server (FIDELITY.md S8)."""
+    gc.collect()
+    gc.disable()
+    try:
+        return fn()
+    finally:
+        gc.enable()
+        gc.collect()
+
+
 def _metrics(port):
     """{segment: {"sum", "count"}} of the batch fill histogram in /metrics."""
     import urllib.request
@@ -150,7 +164,8 @@ def measure(port, name, shape, pool, rates, seconds, slo):
     for i, rate in enumerate(rates):
         before = _metrics(port)
         client = Client(port, name, shape)
-        results, lost, span = asyncio.run(_stream(client, pool, rate, seconds, i))
+        results, lost, span = quiet(lambda: asyncio.run(_stream(client, pool, rate, seconds,
+                                                                 i)))
         after = _metrics(port)
         ok = np.array([s for s, _, _ in results]) == 200
         lat = np.array([t for _, t, _ in results])[ok] * 1000
@@ -239,7 +254,7 @@ def saturation(port, name, shape, pool, seconds=3.0, inflight=64):
         await asyncio.gather(*(worker(i) for i in range(inflight)))
         client.close()
         return count[0] / (time.perf_counter() - start)
-    return asyncio.run(run())
+    return quiet(lambda: asyncio.run(run()))
 
 
 def light_p50(port, name, shape, pool, n=200):
@@ -252,7 +267,7 @@ def light_p50(port, name, shape, pool, n=200):
             times.append(t)
             await asyncio.sleep(0.002)
         return times
-    return 1000 * float(np.median(asyncio.run(run())[n // 5:]))
+    return 1000 * float(np.median(quiet(lambda: asyncio.run(run()))[n // 5:]))
 
 
 def bench(source, name, pool, threshold, args, label, soak_seconds=0.0):

@@ -401,3 +401,70 @@ def test_online_control_over_http_audits_metrics_and_feedback(exported, tmp_path
         assert status == 200 and json.loads(body) == {"accepted": 48, "unknown_ids": ["nope"]}
         assert engine.control.labels.served > 0  # those of the window in force
     engine.close()
+
+
+class _Fills:
+    """The engine's hooks, counting the rows that segments ran on inside fused tails."""
+
+    def __init__(self):
+        self.fused = 0
+
+    def on_batch(self, segment, rows, fused=False):
+        self.fused += rows if fused else 0
+
+    def on_exits(self, *args, **kwargs):
+        pass
+
+
+def test_fused_tails_answer_as_the_split_segments(exported):
+    """FIDELITY.md S9: past the first segment a small batch may run the rest of the cascade
+    in one call; the exit rule then routes its rows exit by exit, so exits, classes and
+    probabilities are the exported cascade's, in random groupings; a request with a deadline
+    is never fused (its exits are timed segment by segment)."""
+    from elastic_keras.inference.segment_driver import SegmentCascade
+    from elastic_keras.server.fusion import TailPlan, tails
+
+    folder, x, thr, _ = exported
+    probs, classes, exits = _reference(folder / "onnx", x, thr)
+    cascade = SegmentCascade(folder / "onnx", keep_models=True)
+    runs = tails(cascade)
+    assert sorted(runs) == [1, 2]
+    plan = TailPlan(runs, cascade.segments, x.shape[1:], policy="always")
+    assert (plan.split[:, 1:] > 0).all() and (plan.tail[1:, 1:] > 0).all()  # measured
+    hooks = _Fills()
+    engine = Engine(cascade.segments, 5, threshold=thr, max_batch=4, max_wait_ms=1,
+                    hooks=hooks, fusion=plan)
+    rng = np.random.default_rng(3)
+    groups = np.split(np.arange(len(x)), np.sort(rng.choice(np.arange(1, len(x)), 20,
+                                                            replace=False)))
+    with ThreadPoolExecutor(4) as pool:
+        jobs = list(pool.map(lambda g: (g, engine.submit(x[g])), groups))
+    for g, job in jobs:
+        got = job.future.result(30)
+        np.testing.assert_array_equal(got.exits, exits[g])
+        np.testing.assert_array_equal(got.classes, classes[g])
+        np.testing.assert_allclose(got.probabilities, probs[g], atol=TOL["onnx"])
+    assert hooks.fused > 0 and engine.pending == 0
+    before = hooks.fused
+    timed = engine.submit(x[:4], deadline_ms=60_000).future.result(30)
+    np.testing.assert_array_equal(timed.exits, exits[:4])
+    assert hooks.fused == before  # the deadline's request ran segment by segment
+    engine.close()
+
+
+def test_the_tail_plan_fuses_when_the_rows_go_on_and_splits_when_they_leave():
+    """The plan's choice follows the exits answered: a tail that costs 1.5 segments beats two
+    segments when every row reaches the end, and loses when they leave at exit 2."""
+    from elastic_keras.server.fusion import TailPlan
+
+    split = np.ones((3, 3))
+    tail = np.zeros((3, 3))
+    tail[1, 1:], tail[2, 1:] = 1.5, 0.9
+    plan = TailPlan({1: None, 2: None}, [None] * 3, None, up_to=2, costs=(split, tail))
+    assert not plan.use(1, 1)  # no exit seen yet: split
+    plan.observe(3, 200)
+    assert plan.use(1, 1) and plan.use(1, 2) and plan.use(2, 1)
+    assert not plan.use(1, 3) and not plan.use(0, 1)  # over up_to rows; the first segment
+    for _ in range(40):
+        plan.observe(2, 200)
+    assert not plan.use(1, 1) and plan.use(2, 1)  # most leave at exit 2 now

@@ -25,12 +25,13 @@ def build(args, log=print):
 
         import_keras_quietly()
     served = open_served(args.source, format_of(args), args.name, args.threshold,
-                         args.final_only, args.max_batch, log=log)
+                         args.final_only, args.max_batch, log=log, fuse=args.fuse)
+    log(served.fusion_words)
     control = control_of(served, args, log)
     metrics = Metrics(served.exit_names, len(served.segments), args.max_batch)
     engine = Engine(served.segments, served.classes, served.criterion, served.threshold,
                     args.max_batch, args.max_wait_ms, args.max_queue, served.costs, control,
-                    args.seed, metrics)
+                    args.seed, metrics, served.fusion)
     metrics.watch(engine, served)
     app = build_app(served, engine, metrics, int(args.max_body_mb * 2**20))
     return served, engine, metrics, app

@@ -28,12 +28,13 @@ class Engine:
     criterion: "max_prob" (leave when confidence >= threshold) or "entropy" (<=);
     threshold: the one in force without online control; costs: each segment's p95 seconds per
     batch of max_batch (deadlines); control: an inference.online.Controller (its threshold is
-    then the one in force) with `audit` its audit coin; hooks: what metrics are told.
+    then the one in force) with `audit` its audit coin; hooks: what metrics are told;
+    fusion: a fusion.TailPlan (small batches past segment 1 in one call: FIDELITY.md S9).
     """
 
     def __init__(self, segments, classes: int, criterion="max_prob", threshold=2.0,
                  max_batch=32, max_wait_ms=5.0, max_queue=1024, costs=None, control=None,
-                 seed=0, hooks=None):
+                 seed=0, hooks=None, fusion=None):
         if max_batch < 1 or max_wait_ms < 0 or max_queue < 1:
             raise ElasticKerasError(f"--max-batch and --max-queue must be >= 1 and "
                                     f"--max-wait-ms >= 0, got {max_batch}, {max_queue}, "
@@ -42,7 +43,7 @@ class Engine:
         self.default_threshold = float(threshold)
         self.max_batch, self.max_wait, self.max_queue = max_batch, max_wait_ms / 1000, max_queue
         self.costs = list(costs) if costs else [0.0] * len(self.segments)
-        self.control, self.hooks = control, hooks
+        self.control, self.hooks, self.fusion = control, hooks, fusion
         self.rng = np.random.default_rng(seed)  # the audit coins
         self._queues: list[list[Chunk]] = [[] for _ in self.segments]
         self._rows = [0] * len(self.segments)
@@ -177,6 +178,9 @@ class Engine:
 
     def _run(self, k: int, batch: Chunk) -> None:
         """Segment k on the batch; who leaves is answered, the others go on."""
+        if (self.fusion is not None and self.fusion.use(k, len(batch))
+                and all(j.deadline is None and j.max_exit is None for j in batch.jobs)):
+            return self._run_tail(k, batch)
         try:
             probs, conf, features = self.segments[k](batch.features)
         except Exception as e:  # the runtime failed: every request of the batch gets it
@@ -189,8 +193,32 @@ class Engine:
             going, done = route(self, k, batch, probs, conf)
             if going is not None:
                 chunk, index = going
-                chunk.features = passed_on(features)[index]
+                chunk.features = passed_on(features, copy=False)[index]
                 self._enqueue(k + 1, chunk, done)
+        for job in done:
+            job.finish()
+
+    def _run_tail(self, k: int, batch: Chunk) -> None:
+        """Segments k..last on the batch in one call (fusion.py); the exit rule then routes
+        the rows exit by exit as if each segment had run, so the answers are the same."""
+        try:
+            outputs = self.fusion.runs[k](batch.features)
+        except Exception as e:
+            self._fail(batch, e)
+            return
+        if self.hooks:  # every segment of the tail ran on every row
+            for j in range(k, len(self.segments)):
+                self.hooks.on_batch(j, len(batch), fused=True)
+        done: list[Job] = []
+        at = np.arange(len(batch))  # the rows still routed, as rows of `outputs`
+        with self._cond:
+            for j, (probs, conf) in enumerate(outputs, k):
+                going, finished = route(self, j, batch, probs[at],
+                                        None if conf is None else conf[at])
+                done += finished
+                if going is None:
+                    break
+                batch, at = going[0], at[going[1]]
         for job in done:
             job.finish()
 

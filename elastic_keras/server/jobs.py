@@ -13,13 +13,14 @@ import numpy as np
 _ids = itertools.count()
 
 
-def passed_on(features):
-    """What a segment passes to the next (its third output, called) as a NumPy array of its
-    own (an ORT value, a runtime's buffer view); None after the last segment."""
+def passed_on(features, copy=True):
+    """What a segment passes to the next (its third output, called) as a NumPy array: of its
+    own, or with `copy` False perhaps a view of the runtime's buffer (LiteRT's), valid until
+    that segment runs again (the engine indexes it, a copy, at once); None after the last."""
     f = None if features is None else features()
     if f is None:
         return None
-    return f.numpy() if hasattr(f, "numpy") else np.array(f)
+    return f.numpy() if hasattr(f, "numpy") else np.array(f) if copy else np.asarray(f)
 
 
 @dataclass(eq=False)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import signal
 
 from elastic_keras.errors import ElasticKerasError
@@ -42,6 +43,11 @@ ARGUMENTS = (
     (("--threads",), {"type": int, "default": None, "help": "the runtime's compute threads "
                       "(default: every core but one, which serves HTTP)"}),
     (("--seed",), {"type": int, "default": 0, "help": "seed of the audit coins"}),
+    (("--fuse",), {"choices": ("auto", "always", "off"), "default": "auto",
+                   "help": "ONNX: past the first segment, run a small batch's remaining "
+                           "segments in one call when the exits seen say it costs less "
+                           "(auto), always, or never; the answers are the same "
+                           "(FIDELITY.md S9)"}),
 )
 
 
@@ -62,6 +68,8 @@ def command(args) -> int:
     # event loop would otherwise keep it up to 5 ms each time (FIDELITY.md S2).
     sys.setswitchinterval(SWITCH_INTERVAL)
     served, engine, metrics, app = build(args)
+    gc.collect()  # what start-up made (modules, runtimes, warm-up) is never scanned again:
+    gc.freeze()  # a full collection then pauses serving for what serving made alone
     server = uvicorn.Server(uvicorn.Config(app, host=args.host, port=args.port,
                                            log_level="warning", lifespan="off",
                                            timeout_graceful_shutdown=60))

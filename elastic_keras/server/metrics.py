@@ -30,8 +30,12 @@ class Metrics:
                               "exit after their answer (online control)", registry=r)
         self.disagreements = Counter("elastic_audit_disagreements", "Audits whose final "
                                      "class differed from the early answer", registry=r)
-        for k in range(segments):  # every series shows from the start
-            self.fill.labels(str(k + 1))
+        self.fused = Counter("elastic_fused_rows", "Rows a segment ran on inside a fused "
+                             "tail (one call for the segments past a small batch's)",
+                             ["segment"], registry=r)
+        # every series shows from the start; the worker's hooks use them without a lookup
+        self._fill = [self.fill.labels(str(k + 1)) for k in range(segments)]
+        self._fused = [self.fused.labels(str(k + 1)) for k in range(segments)]
         for name in self.exit_names:
             self.images.labels(name)
 
@@ -41,8 +45,10 @@ class Metrics:
         self.registry.register(_Live(engine, served))
 
     # -- the engine's hooks (called on its worker thread) -----------------------------------
-    def on_batch(self, segment: int, rows: int) -> None:
-        self.fill.labels(str(segment + 1)).observe(rows / self.max_batch)
+    def on_batch(self, segment: int, rows: int, fused: bool = False) -> None:
+        self._fill[segment].observe(rows / self.max_batch)
+        if fused:
+            self._fused[segment].inc(rows)
 
     def on_exits(self, exit_number: int, count: int, forced: bool = False) -> None:
         self.images.labels(self.exit_names[exit_number - 1]).inc(count)

@@ -117,7 +117,7 @@ def _segments_app(options: dict):
             from elastic_keras.server.served import open_served
 
             served = open_served(options["source"], None, options["name"],
-                                 options["threshold"], log=lambda *_: None)
+                                 options["threshold"], log=lambda *_: None, fuse="off")
             metrics = Metrics(served.exit_names, len(served.segments), options["max_batch"])
             self.backend = SegmentsBackend(served, list(handles))
             self.asgi = build_app(served, self.backend, metrics,

@@ -38,6 +38,8 @@ def answer(engine, batch: Chunk, mask, probs, exit_number: int, forced=False) ->
             done.append(job)
     count = int(np.count_nonzero(mask))
     engine.pending -= count
+    if engine.fusion is not None and count and not forced:
+        engine.fusion.observe(exit_number, count)
     if engine.hooks and count:
         engine.hooks.on_exits(exit_number, count, forced=forced)
     return done

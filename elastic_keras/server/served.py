@@ -35,6 +35,8 @@ class Served:
     class_names: list | None = None
     costs: list = field(default_factory=list)
     cost_source: str = ""
+    fusion: object = None  # a fusion.TailPlan, or None
+    fusion_words: str = "fused tails: off"
 
     @property
     def exits(self) -> int:
@@ -42,10 +44,11 @@ class Served:
 
 
 def open_served(source, fmt=None, name=None, threshold=None, final_only=False,
-                max_batch=32, log=print) -> Served:
+                max_batch=32, log=print, fuse="auto") -> Served:
     """SOURCE (an export folder, or a run exported on first use as `predict` does) opened in
     its runtime. `threshold`: instead of the export's certified (else budget) one;
-    `final_only`: the final exit's predictor alone, as one segment (the plain network)."""
+    `final_only`: the final exit's predictor alone, as one segment (the plain network);
+    `fuse`: fusion.POLICIES, the fused tails of an ONNX export (FIDELITY.md S9)."""
     from elastic_keras.inference.segment_driver import SegmentCascade
     from elastic_keras.runs.serve import open_export
 
@@ -54,8 +57,10 @@ def open_served(source, fmt=None, name=None, threshold=None, final_only=False,
     if "segments" not in m["artifacts"]:
         raise ElasticKerasError(f"{exported.folder} has no segments (an export older than the "
                                 "server): export the source again")
-    segments = ([_predictor(exported.predictor(exported.output_names[-1]))] if final_only
-                else SegmentCascade(exported.folder).segments)
+    cascade = None if final_only else SegmentCascade(exported.folder,
+                                                      keep_models=fuse != "off")
+    segments = (cascade.segments if cascade is not None
+                else [_predictor(exported.predictor(exported.output_names[-1]))])
     names = exported.output_names[-1:] if final_only else exported.output_names
     macs = [e["path_macs"] for e in m["exits"]]
     chosen, said = _threshold(m, threshold)
@@ -65,6 +70,8 @@ def open_served(source, fmt=None, name=None, threshold=None, final_only=False,
                     (m.get("certificate") or {}).get("text"),
                     _calibration(m) if not final_only else None, m.get("class_names"))
     warm_up(segments, served.shape, max_batch)
+    if cascade is not None and fuse != "off":
+        _fuse(served, cascade, fuse, max_batch)
     served.costs, served.cost_source = segment_costs(exported.folder, segments,
                                                      served.shape, final_only, max_batch)
     return served
@@ -81,6 +88,21 @@ def warm_up(segments, shape, max_batch) -> None:
             x = passed_on(segment(x)[2])
             if x is None:
                 break
+
+
+def _fuse(served, cascade, policy, max_batch) -> None:
+    """The fused tails and their plan (FIDELITY.md S9), where the export's runtime has them."""
+    from elastic_keras.server.fusion import FUSE_UP_TO, TailPlan, tails
+
+    runs = tails(cascade)
+    cascade.models = None  # the tails hold what they need
+    if not runs:
+        served.fusion_words = (f"fused tails: none ({served.format} export: only float ONNX "
+                               "segments are joined)")
+        return
+    served.fusion = TailPlan(runs, served.segments, served.shape, policy,
+                             min(FUSE_UP_TO, max_batch))
+    served.fusion_words = served.fusion.words()
 
 
 def _predictor(run):
