@@ -14,7 +14,7 @@ printed too). `ceiling` is the compute-only speed-up of
 the cascade at that exit mix (batches of 32, no server): what a perfect server could reach.
 Then the trained demo run (digits, 8 px: HTTP dominates) for a line of its own.
 
-    python scripts/bench_serve.py [--seconds 6] [--ray] [--soak 60] [--no-demo]
+    python scripts/bench_serve.py [--seconds 6] [--ray] [--soak 60] [--no-demo] [--fuse off]
 
 Last line: goodput_elastic=... goodput_final=... goodput_ratio=... ceiling=...
 p99_ms_half_load_elastic=... p99_ms_half_load_final=... fill_last_segment=... lost=N errors=N
@@ -282,7 +282,8 @@ def bench(source, name, pool, threshold, args, label, soak_seconds=0.0):
           f"exit at batch 32 (ceiling); final exit's predictor p50 at batch 1 {one * 1000:.2f} "
           f"ms", flush=True)
     out, slo, rates = {}, None, None
-    for kind, extra in (("final", ["--final-only"]), ("elastic", ["--threshold", str(threshold)])):
+    for kind, extra in (("final", ["--final-only"]),
+                        ("elastic", ["--threshold", str(threshold), "--fuse", args.fuse])):
         port = args.port + (kind == "final")
         proc = start_server(source, port, "--max-wait-ms", str(args.max_wait_ms), *extra,
                             ray=args.ray, layout=args.ray_layout)
@@ -398,6 +399,8 @@ def main(argv=None):
     p.add_argument("--ray", action="store_true", help="both servers on Ray Serve")
     p.add_argument("--soak", type=float, default=0, help="seconds at 80%% of the elastic goodput")
     p.add_argument("--no-demo", action="store_true")
+    p.add_argument("--fuse", choices=("auto", "always", "off"), default="auto",
+                   help="the elastic server's fused tails (serve --fuse; FIDELITY.md S9)")
     args = p.parse_args(argv)
     from elastic_keras.backend.environment import device, import_keras_quietly
     from elastic_keras.inference.segment_driver import use_threads
