@@ -37,6 +37,8 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import numpy as np  # noqa: E402
 
+from elastic_keras.server.main import FUSE  # noqa: E402
+
 HOST = "127.0.0.1"
 RATES = (0.3, 0.5, 0.7, 0.85, 1.0, 1.15, 1.3, 1.5, 1.75, 2.0)  # x the final server's saturation
 
@@ -399,7 +401,7 @@ def main(argv=None):
     p.add_argument("--ray", action="store_true", help="both servers on Ray Serve")
     p.add_argument("--soak", type=float, default=0, help="seconds at 80%% of the elastic goodput")
     p.add_argument("--no-demo", action="store_true")
-    p.add_argument("--fuse", choices=("auto", "always", "off"), default="auto",
+    p.add_argument("--fuse", choices=FUSE, default="auto",
                    help="the elastic server's fused tails (serve --fuse; FIDELITY.md S9)")
     args = p.parse_args(argv)
     from elastic_keras.backend.environment import device, import_keras_quietly

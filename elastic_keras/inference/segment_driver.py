@@ -72,11 +72,18 @@ def _onnx_sessions(paths, join=True):
             models.append(onnx.load(saved))
     joined = sum(_join(a.graph, b.graph, onnx.helper.get_attribute_value)
                  for a, b in zip(models, models[1:]))
+    return [optimized_session(m) for m in models], joined, models
+
+
+def optimized_session(model):
+    """An onnxruntime session of an ONNX model that onnxruntime optimized already (a segment
+    above, or the server's fused tails of them): its optimizations off."""
+    import onnxruntime as ort
+
     options = onnx_options()
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL  # done above
-    sessions = [ort.InferenceSession(m.SerializeToString(), options,
-                                     providers=["CPUExecutionProvider"]) for m in models]
-    return sessions, joined, models
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    return ort.InferenceSession(model.SerializeToString(), options,
+                                providers=["CPUExecutionProvider"])
 
 
 def _join(first, second, value) -> bool:

@@ -17,7 +17,6 @@ import numpy as np
 
 FUSE_UP_TO = 4  # rows: at 4 the split segments' call overhead was already <2% (FIDELITY S9)
 ROUTING_S = 45e-6  # the engine's own work per segment call it routes (measured: FIDELITY S9)
-POLICIES = ("auto", "always", "off")
 
 
 def merged(models, first: int):
@@ -47,9 +46,7 @@ def tails(cascade) -> dict | None:
     """{k: features -> [(probabilities, confidence) of segments k..last]} for k >= 1, from a
     SegmentCascade opened with keep_models; None where tails do not apply (not ONNX, no
     `onnx` package, int8 segments whose features are requantized between segments)."""
-    import onnxruntime as ort
-
-    from elastic_keras.inference.segment_driver import onnx_options
+    from elastic_keras.inference.segment_driver import optimized_session
     from elastic_keras.inference.segment_int8 import confidence, exit_probabilities
 
     m = cascade.manifest
@@ -57,12 +54,9 @@ def tails(cascade) -> dict | None:
         return None
     temps = m.get("output_temperatures") or [None] * len(cascade.models)
     scaled = any(t not in (None, 1.0) for t in temps)  # as exit_outputs wraps the segments
-    options = onnx_options()
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL  # done
     found = {}
     for k in range(1, len(cascade.models)):
-        session = ort.InferenceSession(merged(cascade.models, k).SerializeToString(), options,
-                                       providers=["CPUExecutionProvider"])
+        session = optimized_session(merged(cascade.models, k))
         keys = [o.name for o in session.get_outputs()]
         name = session.get_inputs()[0].name
 

@@ -12,6 +12,7 @@ SWITCH_INTERVAL = 0.0005  # seconds (Python's default: 0.005)
 HELP = ("serve an export over HTTP (Open Inference Protocol): batches across requests per "
         "segment, deadlines, online control")
 FORMATS = ("litert", "onnx", "saved_model")
+FUSE = ("auto", "always", "off")  # fused tails (fusion.py, FIDELITY.md S9)
 # The `serve` command's arguments, as data: cli.py adds them, `command` runs them.
 ARGUMENTS = (
     (("source",), {"help": "an export folder, or a run directory (exported on first use)"}),
@@ -43,7 +44,7 @@ ARGUMENTS = (
     (("--threads",), {"type": int, "default": None, "help": "the runtime's compute threads "
                       "(default: every core but one, which serves HTTP)"}),
     (("--seed",), {"type": int, "default": 0, "help": "seed of the audit coins"}),
-    (("--fuse",), {"choices": ("auto", "always", "off"), "default": "auto",
+    (("--fuse",), {"choices": FUSE, "default": "auto",
                    "help": "ONNX: past the first segment, run a small batch's remaining "
                            "segments in one call when the exits seen say it costs less "
                            "(auto), always, or never; the answers are the same "

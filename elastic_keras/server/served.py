@@ -48,7 +48,7 @@ def open_served(source, fmt=None, name=None, threshold=None, final_only=False,
     """SOURCE (an export folder, or a run exported on first use as `predict` does) opened in
     its runtime. `threshold`: instead of the export's certified (else budget) one;
     `final_only`: the final exit's predictor alone, as one segment (the plain network);
-    `fuse`: fusion.POLICIES, the fused tails of an ONNX export (FIDELITY.md S9)."""
+    `fuse`: one of main.FUSE, the fused tails of an ONNX export (FIDELITY.md S9)."""
     from elastic_keras.inference.segment_driver import SegmentCascade
     from elastic_keras.runs.serve import open_export
 
