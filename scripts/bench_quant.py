@@ -10,10 +10,12 @@
    (300 training images calibrate; also with --float-heads), then `calibrate EXPORT_DIR`
    certifies each on its own outputs. On the test split (never seen by either): accuracy per
    exit, float against int8; the largest drop among the exits the int8 certificate's
-   threshold sends test images out at; the share of test images whose exit changes at the
-   threshold in force at export (the run's certificate, as quantization.csv counts it); and
-   bench_guarantee's check on the int8 export's own outputs (its calibration images and the
-   test images pooled, split in halves at random in each trial, LTT certified).
+   threshold sends test images out at (with its paired 95% interval over the test images:
+   the per-image differences' Student-t interval, report.intervals); the share of test
+   images whose exit changes at the threshold in force at export (the run's certificate, as
+   quantization.csv counts it); and bench_guarantee's check on the int8 export's own outputs
+   (its calibration images and the test images pooled, split in halves at random in each
+   trial, LTT certified).
 
     python scripts/bench_quant.py [--size 128] [--batch 32] [--rounds 7] [--run DIR]
                                   [--trials 500] [--no-float-heads]
@@ -121,11 +123,14 @@ def demo_accuracy(run_dir, exports, args):
     from elastic_keras.inference.runtimes import Exported
     from elastic_keras.runs.found import open_run
 
+    from elastic_keras.report.intervals import interval
+
     run = open_run(run_dir)
     model, data = run.model(), load_data(run.config["data"])
     labels = np.asarray(data.y_test).reshape(-1)
     floats = exit_probabilities(model, data.x_test)
     acc = {"float": [float(np.mean(p.argmax(1) == labels)) for p in floats]}
+    right = [p.argmax(1) == labels for p in floats]
     scores, temps = {}, run_temperatures(run)
     for key, (folder, in_force) in exports.items():
         exported = Exported(folder)  # its own certificate and temperatures
@@ -135,21 +140,25 @@ def demo_accuracy(run_dir, exports, args):
         taken = exported.cascade(data.x_test, 2.0 if thr is None else thr)["exits"]
         assert (taken == route(ints, "max_prob", 2.0 if thr is None else thr) + 1).all()
         used = sorted(set(taken.tolist()))
-        drop = max(100 * (acc["float"][k - 1] - acc[key][k - 1]) for k in used)
+        # per image, 100 (float right, int8 wrong), -100 or 0: the paired 95% interval
+        drops = {k: interval(100 * (right[k - 1].astype(float)
+                                    - (ints[k - 1].argmax(1) == labels))) for k in used}
+        worst = max(used, key=lambda k: drops[k].mean)
         # exit changes at the threshold in force at export, as quantization.csv counts them
         at = 2.0 if in_force is None else in_force
         before = route(floats, "max_prob", at, temps)
         after = route(int8_raw(folder, data.x_test, temps), "max_prob", at)
-        scores[key] = (drop, float(np.mean(before != after)),
-                       violation_rate(folder, data, args), used)
+        scores[key] = (drops[worst].mean, float(np.mean(before != after)),
+                       violation_rate(folder, data, args), used, worst, drops[worst])
     print(f"\ntest accuracy per exit ({len(labels)} test images of {run_dir})")
     print("exit     " + " ".join(f"{str(k):>22}" for k in acc))
     for i, name in enumerate(model.output_names):
         print(f"{name:<8} " + " ".join(f"{acc[k][i]:>22.4f}" for k in acc))
-    for key, (drop, share, rate, used) in scores.items():
+    for key, (drop, share, rate, used, worst, ci) in scores.items():
         print(f"{key}: exits used at its own threshold {used}, largest drop there {drop:.2f} "
-              f"points; exit changes at the run's threshold {share:.4f}; LTT violation rate "
-              f"{rate:.4f}")
+              f"points (exit {worst}; paired 95% interval {ci.low:.2f} to {ci.high:.2f} over "
+              f"{ci.n} test images); exit changes at the run's threshold {share:.4f}; LTT "
+              f"violation rate {rate:.4f}")
     return scores
 
 

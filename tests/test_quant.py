@@ -125,6 +125,8 @@ def test_int8_cascade_equals_its_own_int8_predictors(exports, name):
                                        [probs[k][i] for i, k in enumerate(want)], rtol=0,
                                        atol=1e-6 if "float-heads" in name else 0)
         assert len(set(want)) == (3 if t == thr else 1)
+    if name.startswith("onnx"):  # features pass as onnxruntime's integer kernels compute
+        assert exported.runtime == "onnx (int8 channels last)"
 
 
 def test_quantization_csv_and_manifest(exports):
@@ -154,6 +156,12 @@ def test_quantization_csv_and_manifest(exports):
     m = json.loads((root / "onnx" / "manifest.json").read_text())
     assert m["quantization"]["io"]["features"] == "uint8"
     assert m["quantization"]["tensors"]["exits/final.onnx"]["probabilities"][2] == "uint8"
+    # features pass channels last as the integers themselves: each segment's tap reads what
+    # the one before gives, at its zero point and scale (the driver passes them as they are)
+    tensors, segments = m["quantization"]["tensors"], m["artifacts"]["segments"]
+    for a, b in zip(segments, segments[1:]):
+        (scale, *rest), (tap, *read) = tensors[a]["features"], tensors[b]["tap"]
+        assert rest == read and read[1] == "uint8" and scale == pytest.approx(tap, rel=1e-6)
     fh = json.loads((root / "litert-float-heads" / "manifest.json").read_text())["quantization"]
     assert fh["float_heads"] and fh["io"]["probabilities"] == "float32"
     assert not any(fh["tensors"].values())  # LiteRT's selective quantization: float I/O

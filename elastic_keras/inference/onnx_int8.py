@@ -21,6 +21,9 @@ def quantize_onnx(float_path, path, data, io, heads, batch: int) -> dict:
     level = root.level
     root.setLevel(logging.ERROR)
     try:
+        model = onnx.load(float_path)
+        if _pad_after_transpose(model.graph):
+            onnx.save(model, float_path)
         quant_pre_process(float_path, float_path, skip_symbolic_shape=True)
         graph = onnx.load(float_path).graph
         name = graph.input[0].name
@@ -52,6 +55,7 @@ def integer_io(graph) -> dict:
 
     consts = {i.name: numpy_helper.to_array(i) for i in graph.initializer}
     params = {}
+    _quantize_before_transpose(graph)
 
     def retype(value, node):
         scale, zero = consts[node.input[1]], consts[node.input[2]]
@@ -75,4 +79,65 @@ def integer_io(graph) -> dict:
                 n.input[:] = [rename.get(v, v) for v in n.input]
                 n.output[:] = [rename.get(v, v) for v in n.output]
             retype(value, node)
+    for node in [n for n in graph.node if n.op_type == "DequantizeLinear" and n.output[0] in (
+            "features_dequantized", "probabilities_dequantized")]:
+        if not any(node.output[0] in n.input for n in graph.node):  # onnxruntime runs it
+            graph.node.remove(node)
     return params
+
+
+def _readers(graph, name):
+    return [n for n in graph.node if name in n.input]
+
+
+def _pad_after_transpose(graph) -> bool:
+    """Channels-last features (FIDELITY.md Q2): tf2onnx pads "tap" before transposing it to
+    ONNX's layout; pad after the Transpose instead (the pads permuted), so that onnxruntime
+    folds the padding into the convolution that follows."""
+    import numpy as np
+    from onnx import numpy_helper
+
+    pads = _readers(graph, "tap")
+    if len(pads) != 1 or pads[0].op_type != "Pad" or len(pads[0].input) > 3:
+        return False
+    pad = pads[0]
+    after = _readers(graph, pad.output[0])
+    consts = {i.name: i for i in graph.initializer}
+    if (len(after) != 1 or after[0].op_type != "Transpose" or pad.input[1] not in consts
+            or any(a.name == "mode" and a.s not in (b"", b"constant") for a in pad.attribute)):
+        return False
+    transpose = after[0]
+    perm = list(next(a.ints for a in transpose.attribute if a.name == "perm"))
+    old = numpy_helper.to_array(consts[pad.input[1]])
+    rank = len(perm)
+    new = [old[p] for p in perm] + [old[rank + p] for p in perm]
+    name = pad.input[1] + "_transposed"
+    graph.initializer.append(numpy_helper.from_array(np.asarray(new, old.dtype), name))
+    if not any(pad.input[1] in n.input for n in graph.node if n is not pad):
+        graph.initializer.remove(consts[pad.input[1]])
+    padded = transpose.output[0]
+    for info in [v for v in graph.value_info if v.name in (padded, pad.output[0])]:
+        graph.value_info.remove(info)  # their shapes change
+    transpose.input[0], transpose.output[0] = "tap", pad.output[0]
+    pad.input[0], pad.input[1], pad.output[0] = pad.output[0], name, padded
+    graph.node.remove(pad)  # after the Transpose, in topological order
+    graph.node.insert(list(graph.node).index(transpose) + 1, pad)
+    return True
+
+
+def _quantize_before_transpose(graph) -> None:
+    """Channels-last features (FIDELITY.md Q2): tf2onnx transposes "tap" to ONNX's layout
+    before it is quantized; quantize it first (the same integers: one scale per tensor), so
+    that "tap" is the QuantizeLinear's input and becomes the integer tensor itself."""
+    readers = _readers(graph, "tap")
+    if len(readers) != 1 or readers[0].op_type != "Transpose":
+        return
+    transpose = readers[0]
+    after = _readers(graph, transpose.output[0])
+    if len(after) != 1 or after[0].op_type != "QuantizeLinear":
+        return
+    quantize, between = after[0], transpose.output[0]
+    quantize.input[0], transpose.input[0] = "tap", between
+    transpose.output[0], quantize.output[0] = quantize.output[0], between
+    graph.node.remove(quantize)  # before the Transpose, in topological order
+    graph.node.insert(list(graph.node).index(transpose), quantize)

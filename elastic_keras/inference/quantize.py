@@ -96,17 +96,15 @@ def write_quantized(model, fmt, folder, fns, plan: Plan) -> dict:
     for sub in ("segments", "exits"):
         os.makedirs(os.path.join(folder, sub))
     artifacts: dict = {"segments": [], "predictors": {}}
-    last = len(fns["segments"]) - 1
     for k, (fn, data) in enumerate(_segment_inputs(fns["segments"], plan.images)):
         rel = os.path.join("segments", f"segment_{k + 1}{ext}")
-        nchw = (["tap"] if k else [], ["features"] if k < last else [])
         plan.tensors[rel] = _write(fmt, _only(fn, ("features", "probabilities")),
-                                   os.path.join(folder, rel), data, plan, heads, nchw)
+                                   os.path.join(folder, rel), data, plan, heads)
         artifacts["segments"].append(rel)
     for name, (_, fn) in fns["predictors"].items():
         rel = os.path.join("exits", name + ext)
         plan.tensors[rel] = _write(fmt, _only(fn, ("probabilities",)),
-                                   os.path.join(folder, rel), plan.images, plan, heads, ([], []))
+                                   os.path.join(folder, rel), plan.images, plan, heads)
         artifacts["predictors"][name] = rel
     return {**artifacts, **ship_driver(folder)}
 
@@ -146,9 +144,11 @@ def _head_matcher(model):
                             for c in part.split("/"))
 
 
-def _write(fmt, fn, path, data, plan, heads, nchw) -> dict:
+def _write(fmt, fn, path, data, plan, heads) -> dict:
     """Convert `fn` to an int8 artifact at `path`, calibrated on `data`; returns the
-    [scale, zero point, type] of its integer inputs and outputs."""
+    [scale, zero point, type] of its integer inputs and outputs. Int8 ONNX features pass
+    between segments channels last, as onnxruntime's integer convolutions compute them
+    (FIDELITY.md Q2)."""
     from elastic_keras.inference.writers import write_litert, write_onnx
     from elastic_keras.inference.onnx_int8 import quantize_onnx
 
@@ -157,9 +157,8 @@ def _write(fmt, fn, path, data, plan, heads, nchw) -> dict:
         return _litert_params(path)
     float_path = path + ".float.onnx"
     try:
-        write_onnx(fn, float_path, *nchw)
-        return quantize_onnx(float_path, path, data.transpose(0, 3, 1, 2) if nchw[0] else data,
-                             plan.io, heads, BATCH)
+        write_onnx(fn, float_path)
+        return quantize_onnx(float_path, path, data, plan.io, heads, BATCH)
     finally:
         if os.path.exists(float_path):
             os.remove(float_path)

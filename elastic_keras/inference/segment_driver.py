@@ -167,12 +167,13 @@ class SegmentCascade:
             manifest = json.load(f)
         self.criterion, self.manifest, self.models = manifest["criterion"], manifest, None
         paths = [os.path.join(folder, rel) for rel in manifest["artifacts"]["segments"]]
-        self.layout = None  # ONNX: how many boundaries pass features in the blocked layout
+        self.layout = None  # ONNX: the layout features pass between segments in
         if manifest["format"] == "onnx":
             sessions, joined, models = _onnx_sessions(paths, join_layouts)
             self.segments = [_onnx(s) for s in sessions]
             self.models = models if keep_models else None  # the server fuses tails of them
-            self.layout = f"NCHWc at {joined} of {len(paths) - 1} segment boundaries"
+            self.layout = ("int8 channels last" if manifest.get("quantization") else  # Q2
+                           f"NCHWc at {joined} of {len(paths) - 1} segment boundaries")
         else:
             self.segments = [(_saved_model if manifest["format"] == "saved_model" else _litert)(p)
                              for p in paths]
