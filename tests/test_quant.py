@@ -126,7 +126,7 @@ def test_int8_cascade_equals_its_own_int8_predictors(exports, name):
                                        atol=1e-6 if "float-heads" in name else 0)
         assert len(set(want)) == (3 if t == thr else 1)
     if name.startswith("onnx"):  # features pass as onnxruntime's integer kernels compute
-        assert exported.runtime == "onnx (int8 channels last)"
+        assert exported.runtime == "onnx (int8, features NHWC)"
 
 
 def test_quantization_csv_and_manifest(exports):

@@ -134,8 +134,10 @@ def _quantize_before_transpose(graph) -> None:
         return
     transpose = readers[0]
     after = _readers(graph, transpose.output[0])
-    if len(after) != 1 or after[0].op_type != "QuantizeLinear":
-        return
+    scales = {i.name: i.dims for i in graph.initializer}
+    if (len(after) != 1 or after[0].op_type != "QuantizeLinear"
+            or list(scales.get(after[0].input[1], [0])) not in ([], [1])):
+        return  # a per-axis QuantizeLinear would not commute with the Transpose
     quantize, between = after[0], transpose.output[0]
     quantize.input[0], transpose.input[0] = "tap", between
     transpose.output[0], quantize.output[0] = quantize.output[0], between

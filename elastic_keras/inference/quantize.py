@@ -67,6 +67,7 @@ class Plan:
         return {"scheme": "int8", "method": METHODS[self.format],
                 "activations": "int8" if self.format == "litert" else self.io,
                 "io": self.io_types, "float_heads": self.float_heads,
+                "features_layout": "NHWC",  # channels last between segments (Q2)
                 "calibration_images": {"count": int(len(self.images)), **self.source},
                 "float_model_sha256": weights_sha256(model), "tensors": self.tensors}
 

@@ -172,8 +172,9 @@ class SegmentCascade:
             sessions, joined, models = _onnx_sessions(paths, join_layouts)
             self.segments = [_onnx(s) for s in sessions]
             self.models = models if keep_models else None  # the server fuses tails of them
-            self.layout = ("int8 channels last" if manifest.get("quantization") else  # Q2
-                           f"NCHWc at {joined} of {len(paths) - 1} segment boundaries")
+            int8 = manifest.get("quantization")  # int8: as recorded (NCHW before, Q2)
+            self.layout = (f"int8, features {int8.get('features_layout', 'NCHW')}" if int8
+                           else f"NCHWc at {joined} of {len(paths) - 1} segment boundaries")
         else:
             self.segments = [(_saved_model if manifest["format"] == "saved_model" else _litert)(p)
                              for p in paths]
