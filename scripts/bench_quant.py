@@ -121,28 +121,27 @@ def demo_accuracy(run_dir, exports, args):
     from elastic_keras.data.datasets import load_data
     from elastic_keras.inference.predictors import exit_probabilities, route
     from elastic_keras.inference.runtimes import Exported
-    from elastic_keras.runs.found import open_run
-
     from elastic_keras.report.intervals import interval
+    from elastic_keras.runs.found import open_run
 
     run = open_run(run_dir)
     model, data = run.model(), load_data(run.config["data"])
     labels = np.asarray(data.y_test).reshape(-1)
     floats = exit_probabilities(model, data.x_test)
-    acc = {"float": [float(np.mean(p.argmax(1) == labels)) for p in floats]}
     right = [p.argmax(1) == labels for p in floats]
+    acc = {"float": [float(np.mean(r)) for r in right]}
     scores, temps = {}, run_temperatures(run)
     for key, (folder, in_force) in exports.items():
         exported = Exported(folder)  # its own certificate and temperatures
         thr = exported.manifest["threshold"]
         ints = [exported.predictor(n)(data.x_test)["probabilities"] for n in exported.output_names]
-        acc[key] = [float(np.mean(p.argmax(1) == labels)) for p in ints]
+        ok = [p.argmax(1) == labels for p in ints]
+        acc[key] = [float(np.mean(r)) for r in ok]
         taken = exported.cascade(data.x_test, 2.0 if thr is None else thr)["exits"]
         assert (taken == route(ints, "max_prob", 2.0 if thr is None else thr) + 1).all()
         used = sorted(set(taken.tolist()))
         # per image, 100 (float right, int8 wrong), -100 or 0: the paired 95% interval
-        drops = {k: interval(100 * (right[k - 1].astype(float)
-                                    - (ints[k - 1].argmax(1) == labels))) for k in used}
+        drops = {k: interval(100 * (right[k - 1].astype(float) - ok[k - 1])) for k in used}
         worst = max(used, key=lambda k: drops[k].mean)
         # exit changes at the threshold in force at export, as quantization.csv counts them
         at = 2.0 if in_force is None else in_force

@@ -49,7 +49,7 @@ def quantize_onnx(float_path, path, data, io, heads, batch: int) -> dict:
 def integer_io(graph) -> dict:
     """Make the QDQ graph's "tap" input and "features"/"probabilities" outputs the integer
     tensors (the QuantizeLinear after the input dropped; the outputs taken before their
-    DequantizeLinear, which stays for the nodes inside); returns their [scale, zero point,
+    DequantizeLinear, which stays where nodes inside read it); returns their [scale, zero point,
     type]. Features then pass between segments as integers (FIDELITY.md Q2)."""
     from onnx import helper, numpy_helper
 
@@ -79,15 +79,35 @@ def integer_io(graph) -> dict:
                 n.input[:] = [rename.get(v, v) for v in n.input]
                 n.output[:] = [rename.get(v, v) for v in n.output]
             retype(value, node)
-    for node in [n for n in graph.node if n.op_type == "DequantizeLinear" and n.output[0] in (
-            "features_dequantized", "probabilities_dequantized")]:
-        if not any(node.output[0] in n.input for n in graph.node):  # onnxruntime runs it
-            graph.node.remove(node)
+            if not _readers(graph, node.output[0]):  # unread: onnxruntime would still run it
+                graph.node.remove(node)
     return params
 
 
 def _readers(graph, name):
     return [n for n in graph.node if name in n.input]
+
+
+def _chain(graph, first_op, second_op):
+    """(first, second): "tap" read by a `first_op` node alone, and its output by a
+    `second_op` node alone; else None."""
+    first = _readers(graph, "tap")
+    if len(first) != 1 or first[0].op_type != first_op:
+        return None
+    second = _readers(graph, first[0].output[0])
+    return (first[0], second[0]) if len(second) == 1 and second[0].op_type == second_op else None
+
+
+def _swap(graph, first, second) -> None:
+    """tap -> first -> second becomes tap -> second -> first, the tensors at both ends keeping
+    their names (the one between changes shape or type: its recorded value_info goes)."""
+    between, end = first.output[0], second.output[0]
+    for info in [v for v in graph.value_info if v.name == between]:
+        graph.value_info.remove(info)
+    second.input[0], second.output[0] = first.input[0], between
+    first.input[0], first.output[0] = between, end
+    graph.node.remove(second)  # before `first`, in topological order
+    graph.node.insert(list(graph.node).index(first), second)
 
 
 def _pad_after_transpose(graph) -> bool:
@@ -97,31 +117,22 @@ def _pad_after_transpose(graph) -> bool:
     import numpy as np
     from onnx import numpy_helper
 
-    pads = _readers(graph, "tap")
-    if len(pads) != 1 or pads[0].op_type != "Pad" or len(pads[0].input) > 3:
-        return False
-    pad = pads[0]
-    after = _readers(graph, pad.output[0])
+    found = _chain(graph, "Pad", "Transpose")
     consts = {i.name: i for i in graph.initializer}
-    if (len(after) != 1 or after[0].op_type != "Transpose" or pad.input[1] not in consts
-            or any(a.name == "mode" and a.s not in (b"", b"constant") for a in pad.attribute)):
+    if (found is None or len(found[0].input) > 3 or found[0].input[1] not in consts
+            or any(a.name == "mode" and a.s not in (b"", b"constant")
+                   for a in found[0].attribute)):
         return False
-    transpose = after[0]
+    pad, transpose = found
     perm = list(next(a.ints for a in transpose.attribute if a.name == "perm"))
     old = numpy_helper.to_array(consts[pad.input[1]])
-    rank = len(perm)
-    new = [old[p] for p in perm] + [old[rank + p] for p in perm]
+    new = [old[p] for p in perm] + [old[len(perm) + p] for p in perm]
     name = pad.input[1] + "_transposed"
     graph.initializer.append(numpy_helper.from_array(np.asarray(new, old.dtype), name))
-    if not any(pad.input[1] in n.input for n in graph.node if n is not pad):
+    if len(_readers(graph, pad.input[1])) == 1:
         graph.initializer.remove(consts[pad.input[1]])
-    padded = transpose.output[0]
-    for info in [v for v in graph.value_info if v.name in (padded, pad.output[0])]:
-        graph.value_info.remove(info)  # their shapes change
-    transpose.input[0], transpose.output[0] = "tap", pad.output[0]
-    pad.input[0], pad.input[1], pad.output[0] = pad.output[0], name, padded
-    graph.node.remove(pad)  # after the Transpose, in topological order
-    graph.node.insert(list(graph.node).index(transpose) + 1, pad)
+    pad.input[1] = name
+    _swap(graph, pad, transpose)
     return True
 
 
@@ -129,17 +140,8 @@ def _quantize_before_transpose(graph) -> None:
     """Channels-last features (FIDELITY.md Q2): tf2onnx transposes "tap" to ONNX's layout
     before it is quantized; quantize it first (the same integers: one scale per tensor), so
     that "tap" is the QuantizeLinear's input and becomes the integer tensor itself."""
-    readers = _readers(graph, "tap")
-    if len(readers) != 1 or readers[0].op_type != "Transpose":
-        return
-    transpose = readers[0]
-    after = _readers(graph, transpose.output[0])
+    found = _chain(graph, "Transpose", "QuantizeLinear")
     scales = {i.name: i.dims for i in graph.initializer}
-    if (len(after) != 1 or after[0].op_type != "QuantizeLinear"
-            or list(scales.get(after[0].input[1], [0])) not in ([], [1])):
-        return  # a per-axis QuantizeLinear would not commute with the Transpose
-    quantize, between = after[0], transpose.output[0]
-    quantize.input[0], transpose.input[0] = "tap", between
-    transpose.output[0], quantize.output[0] = quantize.output[0], between
-    graph.node.remove(quantize)  # before the Transpose, in topological order
-    graph.node.insert(list(graph.node).index(transpose), quantize)
+    # a per-axis QuantizeLinear would not commute with the Transpose
+    if found is not None and list(scales.get(found[1].input[1], [0])) in ([], [1]):
+        _swap(graph, *found)
