@@ -123,6 +123,7 @@ def demo_accuracy(run_dir, exports, args):
     from elastic_keras.inference.runtimes import Exported
     from elastic_keras.report.intervals import interval
     from elastic_keras.runs.found import open_run
+    from elastic_keras.runs.quantized import top_two_tie
 
     run = open_run(run_dir)
     model, data = run.model(), load_data(run.config["data"])
@@ -147,16 +148,21 @@ def demo_accuracy(run_dir, exports, args):
         at = 2.0 if in_force is None else in_force
         before = route(floats, "max_prob", at, temps)
         after = route(int8_raw(folder, data.x_test, temps), "max_prob", at)
+        differ = floats[worst - 1].argmax(1) != ints[worst - 1].argmax(1)
+        tied = int(np.sum(differ & top_two_tie(ints[worst - 1])))
         scores[key] = (drops[worst].mean, float(np.mean(before != after)),
-                       violation_rate(folder, data, args), used, worst, drops[worst])
+                       violation_rate(folder, data, args), used, worst, drops[worst],
+                       (int(differ.sum()), tied))
     print(f"\ntest accuracy per exit ({len(labels)} test images of {run_dir})")
     print("exit     " + " ".join(f"{str(k):>22}" for k in acc))
     for i, name in enumerate(model.output_names):
         print(f"{name:<8} " + " ".join(f"{acc[k][i]:>22.4f}" for k in acc))
-    for key, (drop, share, rate, used, worst, ci) in scores.items():
+    for key, (drop, share, rate, used, worst, ci, (differ, tied)) in scores.items():
         print(f"{key}: exits used at its own threshold {used}, largest drop there {drop:.2f} "
               f"points (exit {worst}; paired 95% interval {ci.low:.2f} to {ci.high:.2f} over "
-              f"{ci.n} test images); exit changes at the run's threshold {share:.4f}; LTT "
+              f"{ci.n} test images; {differ} disagree with float, {tied} of them int8 ties at "
+              f"the top, the lower class taken); exit changes at the run's threshold "
+              f"{share:.4f}; LTT "
               f"violation rate {rate:.4f}")
     return scores
 

@@ -131,6 +131,7 @@ def test_int8_cascade_equals_its_own_int8_predictors(exports, name):
 
 def test_quantization_csv_and_manifest(exports):
     from elastic_keras.inference.quantize import weights_sha256
+    from elastic_keras.inference.runtimes import Exported
 
     model, root, _ = exports
     for name in EXPORTS:
@@ -145,6 +146,12 @@ def test_quantization_csv_and_manifest(exports):
             # exit 1's softmax is nearly flat (max ~0.2): its argmax is the most fragile
             assert 0.8 <= float(r["agreement"]) <= 1 and float(r["ece_int8"]) >= 0
             assert r["threshold"] == "0.8" and 0 <= float(r["exit_change_share"]) <= 1
+        # the ties are those of the export's own predictors, as served
+        exported, (x, _) = Exported(root / name), _validation()
+        for r, out in zip(rows, exported.output_names):
+            p = exported.predictor(out)(x)["probabilities"]
+            top = np.sort(p, 1)[:, -2:]
+            assert float(r["int8_tie_share"]) == pytest.approx(np.mean(top[:, 0] == top[:, 1]))
     m = json.loads((root / "litert" / "manifest.json").read_text())
     q = m["quantization"]
     assert q["calibration_images"]["count"] == 200 and q["calibration_images"]["seed"] == 0
@@ -169,6 +176,18 @@ def test_quantization_csv_and_manifest(exports):
     tensors = fh["quantization"]["tensors"]
     assert tensors["segments/segment_2.onnx"]["tap"][2] == "int8"  # integer features
     assert not any("probabilities" in t for t in tensors.values())  # float heads
+
+
+def test_report_rows_count_top_two_ties():
+    from elastic_keras.runs.quantized import report_rows
+
+    floats = [np.array([[0.6, 0.3, 0.1], [0.2, 0.7, 0.1], [0.1, 0.3, 0.6], [0.3, 0.3, 0.4]])]
+    ints = [np.array([[0.5, 0.5, 0.0], [0.2, 0.7, 0.1], [0.4, 0.4, 0.2], [0.3, 0.3, 0.4]])]
+    row, = report_rows(["final"], floats, ints, np.array([1, 1, 2, 2]), "max_prob", None)
+    # images 1 and 3 tie at the top and argmax takes the lower class, 0: as float on image
+    # 1, against float's right 2 on image 3; image 4's tie is below its top
+    assert row["int8_tie_share"] == 0.5 and row["agreement"] == 0.75
+    assert row["float_accuracy"] == 0.75 and row["int8_accuracy"] == 0.5
 
 
 def test_calibrate_an_export_on_its_own_outputs_then_serve_it(exports, capsys):

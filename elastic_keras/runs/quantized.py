@@ -12,8 +12,8 @@ from elastic_keras.inference.quantize import CALIBRATION_IMAGES, IO_TYPES, Plan,
 
 QUANTIZATION_CSV = "quantization.csv"
 COLUMNS = ("exit", "images", "n", "float_accuracy", "int8_accuracy", "accuracy_drop_pts",
-           "agreement", "ece_float", "ece_int8", "mean_confidence_shift", "threshold",
-           "exit_change_share")
+           "agreement", "int8_tie_share", "ece_float", "ece_int8", "mean_confidence_shift",
+           "threshold", "exit_change_share")
 SEED = 0  # which training images calibrate: a seeded draw, recorded by its hash
 ARGUMENTS = (  # export's int8 options, as cli.py adds them
     (("--quantize",), dict(choices=("int8",), help="int8 (litert, onnx); also writes "
@@ -102,8 +102,8 @@ def read_images(path, shape) -> tuple[np.ndarray, np.ndarray | None]:
 
 def write_report(folder, src, x, y, images) -> str:
     """quantization.csv of the int8 export in `folder`: per exit, on `x` (labels `y`), float
-    and int8 accuracy, their agreement, ECE before and after, the mean shift of the
-    confidence, and the share of images whose exit changes at the threshold in force."""
+    and int8 accuracy, their agreement, how often int8's top two probabilities tie, ECE
+    before and after, the mean shift of the confidence, and the share of images whose exit changes at the threshold in force."""
     from elastic_keras.inference.runtimes import Exported
 
     exported = Exported(folder)
@@ -135,8 +135,10 @@ def exported_outputs(exported, x, batch: int = 256) -> list[np.ndarray]:
 
 
 def report_rows(names, floats, ints, labels, criterion, threshold) -> list[dict]:
-    """quantization.csv's rows; `exit_change_share` of exit k: the images that leave at k in
-    float and elsewhere in int8 (the rows sum to the share whose exit changes)."""
+    """quantization.csv's rows; `int8_tie_share`: the images whose two largest int8
+    probabilities are equal, where the class (argmax) is the lower index (FIDELITY.md Q3);
+    `exit_change_share` of exit k: the images that leave at k in float and elsewhere in int8
+    (the rows sum to the share whose exit changes)."""
     from keras import ops
 
     from elastic_keras.inference.calibration import ece
@@ -152,12 +154,21 @@ def report_rows(names, floats, ints, labels, criterion, threshold) -> list[dict]
         rows.append({"exit": names[k], "n": len(f), "float_accuracy": acc[0],
                      "int8_accuracy": acc[1], "accuracy_drop_pts": 100 * (acc[0] - acc[1]),
                      "agreement": float(np.mean(f.argmax(1) == q.argmax(1))),
+                     "int8_tie_share": float(np.mean(top_two_tie(q))),
                      "ece_float": ece(f, labels) if labels is not None else np.nan,
                      "ece_int8": ece(q, labels) if labels is not None else np.nan,
                      "mean_confidence_shift": float(np.mean(conf[1] - conf[0])),
                      "threshold": threshold,
                      "exit_change_share": float(np.mean((taken[0] == k) & (taken[1] != k)))})
     return rows
+
+
+def top_two_tie(p) -> np.ndarray:
+    """Per row of `p`, whether its two largest values are equal (False with one class)."""
+    if p.shape[1] < 2:
+        return np.zeros(len(p), bool)
+    top = np.partition(p, -2, axis=1)
+    return top[:, -1] == top[:, -2]
 
 
 def summary(folder) -> list[str]:
