@@ -132,6 +132,7 @@ def test_int8_cascade_equals_its_own_int8_predictors(exports, name):
 def test_quantization_csv_and_manifest(exports):
     from elastic_keras.inference.quantize import weights_sha256
     from elastic_keras.inference.runtimes import Exported
+    from elastic_keras.runs.quantized import summary
 
     model, root, _ = exports
     for name in EXPORTS:
@@ -152,6 +153,13 @@ def test_quantization_csv_and_manifest(exports):
             p = exported.predictor(out)(x)["probabilities"]
             top = np.sort(p, 1)[:, -2:]
             assert float(r["int8_tie_share"]) == pytest.approx(np.mean(top[:, 0] == top[:, 1]))
+        most = max(rows, key=lambda r: float(r["int8_tie_share"]))
+        said = summary(root / name)[0]
+        if float(most["int8_tie_share"]):  # integer probabilities: ties
+            assert (f"int8 top-two ties on {100 * float(most['int8_tie_share']):.1f}% at most "
+                    f"({most['exit']}; the class is the lower index there)") in said
+        else:  # float heads: float probabilities
+            assert "float-heads" in name and "no int8 top-two ties" in said
     m = json.loads((root / "litert" / "manifest.json").read_text())
     q = m["quantization"]
     assert q["calibration_images"]["count"] == 200 and q["calibration_images"]["seed"] == 0

@@ -103,7 +103,8 @@ def read_images(path, shape) -> tuple[np.ndarray, np.ndarray | None]:
 def write_report(folder, src, x, y, images) -> str:
     """quantization.csv of the int8 export in `folder`: per exit, on `x` (labels `y`), float
     and int8 accuracy, their agreement, how often int8's top two probabilities tie, ECE
-    before and after, the mean shift of the confidence, and the share of images whose exit changes at the threshold in force."""
+    before and after, the mean shift of the confidence, and the share of images whose exit
+    changes at the threshold in force."""
     from elastic_keras.inference.runtimes import Exported
 
     exported = Exported(folder)
@@ -183,7 +184,11 @@ def summary(folder) -> list[str]:
     worst = f"largest accuracy drop {max(drops)[0]:.2f} points ({max(drops)[1]}), " if drops \
         else ""
     thr = rows[0]["threshold"] or "none"
+    most = max(rows, key=lambda r: float(r["int8_tie_share"]))
+    ties = (f"int8 top-two ties on {100 * float(most['int8_tie_share']):.1f}% at most "
+            f"({most['exit']}; the class is the lower index there)"
+            if float(most["int8_tie_share"]) else "no int8 top-two ties")
     return [f"int8 against float on the {rows[0]['images']} ({rows[0]['n']} images): {worst}"
-            f"agreement {min(float(r['agreement']) for r in rows):.3f} at worst, "
+            f"agreement {min(float(r['agreement']) for r in rows):.3f} at worst, {ties}, "
             f"{100 * share:.1f}% of images change exit at threshold {thr}",
             f"wrote {path}"]
