@@ -132,7 +132,7 @@ def test_int8_cascade_equals_its_own_int8_predictors(exports, name):
 def test_quantization_csv_and_manifest(exports):
     from elastic_keras.inference.quantize import weights_sha256
     from elastic_keras.inference.runtimes import Exported
-    from elastic_keras.runs.quantized import summary
+    from elastic_keras.runs.quantized import exported_outputs, summary
 
     model, root, _ = exports
     for name in EXPORTS:
@@ -148,9 +148,7 @@ def test_quantization_csv_and_manifest(exports):
             assert 0.8 <= float(r["agreement"]) <= 1 and float(r["ece_int8"]) >= 0
             assert r["threshold"] == "0.8" and 0 <= float(r["exit_change_share"]) <= 1
         # the ties are those of the export's own predictors, as served
-        exported, (x, _) = Exported(root / name), _validation()
-        for r, out in zip(rows, exported.output_names):
-            p = exported.predictor(out)(x)["probabilities"]
+        for r, p in zip(rows, exported_outputs(Exported(root / name), _validation()[0])):
             top = np.sort(p, 1)[:, -2:]
             assert float(r["int8_tie_share"]) == pytest.approx(np.mean(top[:, 0] == top[:, 1]))
         most = max(rows, key=lambda r: float(r["int8_tie_share"]))

@@ -165,9 +165,8 @@ def report_rows(names, floats, ints, labels, criterion, threshold) -> list[dict]
 
 
 def top_two_tie(p) -> np.ndarray:
-    """Per row of `p`, whether its two largest values are equal (False with one class)."""
-    if p.shape[1] < 2:
-        return np.zeros(len(p), bool)
+    """Per row of `p` (two classes or more: elastify's check), whether its two largest
+    values are equal."""
     top = np.partition(p, -2, axis=1)
     return top[:, -1] == top[:, -2]
 
